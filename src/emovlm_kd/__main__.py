@@ -1,0 +1,3 @@
+from emovlm_kd.apps.cli import main
+
+raise SystemExit(main())

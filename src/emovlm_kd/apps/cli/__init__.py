@@ -1,0 +1,58 @@
+"""The `emovlm-kd` command line: one module per command group, each registering its parsers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from emovlm_kd import __version__
+from emovlm_kd.errors import UserError
+
+# (module, one-line help); each module has `register(subparsers, help)`.
+COMMAND_GROUPS = [
+    ("data", "inspect datasets and build the offline sample dataset"),
+    ("train", "run the training stages (teacher, instruct, distill, gate) from a config"),
+    ("predict", "predict the emotion of image files or folders with a trained run"),
+    ("evaluate", "score a trained run on a dataset split (accuracy, macro-F1 per model)"),
+    ("presets", "list the model presets and the dataset presets"),
+    ("demo", "build the sample dataset and run every stage on the offline presets"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emovlm-kd",
+        description="Visual emotion analysis with EmoVLM-KD (a VLM fused with a distilled head).",
+    )
+    parser.add_argument("--version", action="version", version=f"emovlm-kd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import importlib
+
+    for name, help_text in COMMAND_GROUPS:
+        module = importlib.import_module(f"emovlm_kd.apps.cli.{name}_cmd")
+        module.register(subparsers, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,190 @@
+"""One typed config per stage; the defaults are the paper's settings.
+
+A run's config is a YAML file of these sections; `key=value` overrides use dotted paths
+(`distill.depth=2`). Unknown keys and wrong types are refused, naming the key. The resolved
+config is saved beside every run, so each result traces back to its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from emovlm_kd.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/sample"
+    # Taxonomy name; None takes the dataset preset's, or guesses from the class names.
+    taxonomy: str | None = None
+    # Dataset preset (fi, emoset, emotion6, ...): fixes the taxonomy and split rule.
+    dataset: str | None = None
+    strict: bool = False
+    split_seed: int = 42
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TeacherStageConfig:
+    # None: the model preset's teacher. Any transformers image classifier id or folder works.
+    model: str | None = None
+    epochs: float = 10
+    batch_size: int = 10
+    lr: float = 3e-5
+    weight_decay: float = 1e-5
+
+
+@dataclass
+class InstructStageConfig:
+    # JSONL of {image, label, key_elements, reasoning}; None trains on classification alone.
+    annotations: str | None = None
+    # auto: QLoRA with bitsandbytes on a GPU, else LoRA (or the preset's own choice, 'full'
+    # for randomly initialised offline VLMs). Also: qlora, lora, full.
+    method: str = "auto"
+    lora_r: int = 8
+    lora_alpha: int = 8
+    lora_dropout: float = 0.05
+    epochs: float = 5
+    lr: float = 1e-4
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "constant_with_warmup"
+    max_grad_norm: float = 0.3
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    # auto: bf16 where the GPU supports it.
+    bf16: str = "auto"
+    report_to: str = "none"
+    # Annotations flagged by the checks (label leaked, section missing) are left out unless set.
+    include_flagged: bool = False
+
+
+@dataclass
+class DistillStageConfig:
+    depth: int = 1
+    dropout: float = 0.1
+    alpha: float = 0.5
+    temperature: float = 2.0
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    epochs: int = 5
+    batch_size: int = 32
+
+
+@dataclass
+class GateStageConfig:
+    variant: str = "concat_linear"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    # Split whose cached head logits and VLM probabilities train the gate.
+    split: str = "train"
+
+
+@dataclass
+class RunConfig:
+    preset: str = "paper"
+    seed: int = 42
+    # Feature / logit / score caches; None: the user cache folder (~/.cache/emovlm-kd).
+    cache_dir: str | None = None
+    # Images per forward pass when caching features and scoring.
+    batch_size: int = 8
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
+    instruct: InstructStageConfig = field(default_factory=InstructStageConfig)
+    distill: DistillStageConfig = field(default_factory=DistillStageConfig)
+    gate: GateStageConfig = field(default_factory=GateStageConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_value(value, annotation, key: str):
+    """Return `value` converted to `annotation`, or raise a UserError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, key)
+            except UserError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r} must be a mapping of settings, not {value!r}.")
+        return _build(annotation, value, key + ".")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads '1e-4' (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (int, float, str, bool) and not (
+        isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+    ):
+        raise UserError(
+            f"config key {key!r} must be {annotation.__name__}, got {value!r} ({type(value).__name__})."
+        )
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys here: "
+            f"{', '.join(prefix + name for name in sorted(known))}."
+        )
+    values = {name: _check_value(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise UserError(f"override {override!r} must look like key=value, e.g. distill.depth=2.", exit_code=2)
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key!r}: {part!r} is a setting, not a section.", exit_code=2)
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A RunConfig from a YAML file (or the defaults) with `key=value` overrides applied."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass a YAML file such as configs/demo.yaml.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"config file {path} is not valid YAML ({error.__class__.__name__}); fix its syntax.") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a mapping of settings at its top level.")
+    for override in overrides:
+        _apply_override(data, override)
+    return _build(RunConfig, data)

@@ -1,0 +1,1 @@
+"""Models: the VLM adapters, the teacher classifiers, the distilled head and the gates."""

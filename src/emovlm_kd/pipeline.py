@@ -1,0 +1,151 @@
+"""EmoVLM-KD at inference: one VLM whose visual tokens feed both the head and the VLM's own
+label scoring, fused by the gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from emovlm_kd.errors import UserError
+from emovlm_kd.images import ImageError, is_image_file
+from emovlm_kd.labels import Taxonomy
+from emovlm_kd.models.gate import Gate
+from emovlm_kd.models.head import DistillHead
+from emovlm_kd.prompts import EXPLANATION_PROMPT, classification_answer, classification_prompt, first_sentence
+from emovlm_kd.run import Run, load_rgb
+
+
+@dataclass
+class Prediction:
+    """One image's result; on failure `error` holds one sentence and the rest is empty."""
+
+    image: str
+    label: str | None = None
+    probs: dict[str, float] = field(default_factory=dict)
+    vlm: dict[str, float] = field(default_factory=dict)
+    head: dict[str, float] = field(default_factory=dict)
+    explanation: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.image,
+            "label": self.label,
+            "probs": self.probs,
+            "vlm": self.vlm,
+            "head": self.head,
+            "explanation": self.explanation,
+            "error": self.error,
+        }
+
+
+def _as_mapping(labels: tuple[str, ...], probs: torch.Tensor) -> dict[str, float]:
+    # Rounded so that printed output is stable to the last digit across runs.
+    return {label: round(float(p), 6) for label, p in zip(labels, probs)}
+
+
+class EmoVLMKD:
+    """The trained model of a run folder."""
+
+    def __init__(self, adapter, head: DistillHead, gate: Gate, taxonomy: Taxonomy):
+        self.adapter = adapter
+        self.head = head.eval()
+        self.gate = gate.eval()
+        self.taxonomy = taxonomy
+        self.prompt = classification_prompt(taxonomy)
+        self.answers = [classification_answer(label) for label in taxonomy.labels]
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
+        """Load the tuned VLM, head and gate of a finished run."""
+        from emovlm_kd.labels import get_taxonomy
+        from emovlm_kd.stages.instruct import load_tuned_vlm
+
+        run = Run.open(run_dir)
+        for stage in ("instruct", "distill", "gate"):
+            run.require(stage)
+        labels_file = run.directory / "labels.json"
+        taxonomy = _run_taxonomy(run, labels_file, get_taxonomy)
+        adapter = load_tuned_vlm(run)
+        device = adapter.device
+        head = DistillHead.from_pretrained(run.stage_dir("distill"), device=device)
+        gate = Gate.from_pretrained(run.stage_dir("gate"), device=device)
+        return cls(adapter, head, gate, taxonomy)
+
+    @torch.no_grad()
+    def predict_images(self, images: list[Image.Image], explain: bool = False) -> list[Prediction]:
+        """Predictions for RGB images, in order."""
+        inputs = self.adapter.encode(images, [self.prompt] * len(images))
+        visual = self.adapter.visual_tokens(inputs)  # the one visual-encoder pass
+        head_logits = self.head(visual.pooled().to(self.adapter.device))
+        vlm_probs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual).softmax(-1)
+        fused = self.gate(head_logits, vlm_probs).softmax(-1).cpu()
+        head_probs, vlm_probs = head_logits.softmax(-1).cpu(), vlm_probs.cpu()
+        explanations = [None] * len(images)
+        if explain:
+            prompts = self.adapter.encode(images, [EXPLANATION_PROMPT] * len(images))
+            explanations = [first_sentence(text) for text in self.adapter.generate(prompts)]
+        labels = self.taxonomy.labels
+        return [
+            Prediction(
+                image="",
+                label=labels[int(fused[i].argmax())],
+                probs=_as_mapping(labels, fused[i]),
+                vlm=_as_mapping(labels, vlm_probs[i]),
+                head=_as_mapping(labels, head_probs[i]),
+                explanation=explanations[i],
+            )
+            for i in range(len(images))
+        ]
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 8, explain: bool = False) -> Iterator[Prediction]:
+        """Predictions for image files, in order; a file that cannot be read gets its error."""
+        batch: list[tuple[str, Image.Image]] = []
+        for path in paths:
+            try:
+                batch.append((str(path), load_rgb(path)))
+            except ImageError as error:
+                yield from self._flush(batch, explain)
+                batch = []
+                yield Prediction(image=str(path), error=str(error))
+                continue
+            if len(batch) == batch_size:
+                yield from self._flush(batch, explain)
+                batch = []
+        yield from self._flush(batch, explain)
+
+    def _flush(self, batch, explain) -> list[Prediction]:
+        if not batch:
+            return []
+        predictions = self.predict_images([image for _, image in batch], explain=explain)
+        for (path, _), prediction in zip(batch, predictions):
+            prediction.image = path
+        return predictions
+
+
+def _run_taxonomy(run: Run, labels_file: Path, get_taxonomy) -> Taxonomy:
+    # The labels the run was trained on are recorded by the distill stage's head config
+    # (num_labels) and the config's data section; the taxonomy name is resolved from data.
+    from emovlm_kd.io import read_json
+
+    if labels_file.is_file():
+        saved = read_json(labels_file)
+        return Taxonomy(saved["name"], tuple(saved["labels"]))
+    return run.dataset.taxonomy
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders walked recursively for images (sorted); missing paths are an error."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist; give image files or folders of images.")
+    return found

@@ -1,0 +1,136 @@
+"""A run: its resolved config, its folder of artifacts, its dataset and its caches."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emovlm_kd.config import RunConfig, load_config
+from emovlm_kd.data.datasets import Dataset, Sample, load_dataset
+from emovlm_kd.errors import UserError
+from emovlm_kd.images import file_sha256, load_image
+from emovlm_kd.io import atomic_write_text, read_json
+from emovlm_kd.models.registry import ModelPreset, resolve_vlm
+from emovlm_kd.models.tokenizers import cache_home
+
+STAGES = ("teacher", "instruct", "distill", "gate")
+CONFIG_FILE = "config.yaml"
+# Qwen2-VL's image processor needs at least 28 px (one merged patch) on each side.
+MIN_IMAGE_SIDE = 28
+
+log = logging.getLogger("emovlm_kd")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    directory: Path
+
+    @classmethod
+    def create(cls, config: RunConfig, directory: str | Path) -> Run:
+        """A run folder holding `config`; an existing run must have been made with the same config."""
+        directory = Path(directory)
+        saved = directory / CONFIG_FILE
+        if saved.exists():
+            previous = load_config(saved)
+            if previous.to_dict() != config.to_dict():
+                changed = _changed_keys(previous.to_dict(), config.to_dict())
+                raise UserError(
+                    f"{directory} was trained with a different config ({', '.join(changed)} changed); "
+                    "use a new --out folder, or pass --force to retrain it with the new settings."
+                )
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, config.to_yaml())
+        return cls(config, directory)
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Run:
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise UserError(
+                f"{directory} is not a run folder (no {CONFIG_FILE}); train one with "
+                "`emovlm-kd train` or `emovlm-kd demo`."
+            )
+        return cls(load_config(directory / CONFIG_FILE), directory)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.directory / stage
+
+    def is_done(self, stage: str) -> bool:
+        # metrics.json is written last, atomically: its presence means the stage finished.
+        return (self.stage_dir(stage) / "metrics.json").is_file()
+
+    def stage_metrics(self, stage: str) -> dict:
+        return read_json(self.stage_dir(stage) / "metrics.json")
+
+    def require(self, stage: str) -> Path:
+        if not self.is_done(stage):
+            raise UserError(
+                f"the {stage} stage of {self.directory} has not finished; run "
+                f"`emovlm-kd train --config {self.directory / CONFIG_FILE} --out {self.directory} --stage {stage}`."
+            )
+        return self.stage_dir(stage)
+
+    @functools.cached_property
+    def preset(self) -> ModelPreset:
+        return resolve_vlm(self.config.preset)
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        data = self.config.data
+        dataset = load_dataset(
+            data.root,
+            taxonomy=data.taxonomy,
+            preset=data.dataset,
+            strict=data.strict,
+            seed=data.split_seed,
+            val_fraction=data.val_fraction,
+        )
+        for problem in dataset.problems:
+            log.warning("data: %s", problem)
+        return dataset
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache_dir) if self.config.cache_dir else cache_home() / "cache"
+
+    @functools.cached_property
+    def _hashes(self) -> dict[Path, str]:
+        return {}
+
+    def image_keys(self, samples: list[Sample]) -> list[str]:
+        """Content hashes of the samples' images (the cache keys)."""
+        for sample in samples:
+            if sample.path not in self._hashes:
+                self._hashes[sample.path] = file_sha256(sample.path)
+        return [self._hashes[sample.path] for sample in samples]
+
+    def labels(self, samples: list[Sample]) -> torch.Tensor:
+        return torch.tensor([self.dataset.label_index(sample) for sample in samples])
+
+
+def load_rgb(path) -> "Image.Image":  # noqa: F821 - PIL type for readers
+    return load_image(path, min_side=MIN_IMAGE_SIDE)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix + key)
+    return changed

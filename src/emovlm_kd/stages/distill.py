@@ -1,0 +1,76 @@
+"""Distillation stage: a head on the frozen VLM's pooled visual tokens learns the teacher.
+
+Features and teacher logits are computed once per image (cached), so every epoch, and
+every rerun with another depth, alpha or temperature, trains on tensors in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from emovlm_kd.io import write_json
+from emovlm_kd.losses import distillation_loss
+from emovlm_kd.models.head import DistillHead, HeadConfig
+from emovlm_kd.models.registry import load_vlm
+from emovlm_kd.models.teacher import load_teacher
+from emovlm_kd.run import Run
+from emovlm_kd.stages.features import teacher_logits, visual_features
+from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
+
+log = logging.getLogger("emovlm_kd")
+
+
+def split_features(run: Run, adapter=None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Cached pooled visual features of every non-empty split (or of `splits`)."""
+    adapter = adapter or load_vlm(run.preset, seed=run.config.seed)
+    return {
+        split: visual_features(run, adapter, samples)
+        for split, samples in run.dataset.splits.items()
+        if samples and (splits is None or split in splits)
+    }
+
+
+def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config, seed: int):
+    """Fit a DistillHead on cached tensors; returns the head and its per-epoch history."""
+    head_config = HeadConfig(
+        input_dim=features.shape[1], num_labels=teacher.shape[1], depth=config.depth, dropout=config.dropout
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = DistillHead(head_config)
+        history = fit_on_tensors(
+            head,
+            (features,),
+            labels,
+            lambda logits, index: distillation_loss(
+                logits, teacher[index], labels[index], alpha=config.alpha, temperature=config.temperature
+            ),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            seed=seed,
+            description="distill head",
+        )
+    return head, history
+
+
+def train_distill(run: Run) -> dict:
+    """Train the head on train-split features and teacher logits; save it to RUN/distill."""
+    config = run.config.distill
+    teacher, processor = load_teacher(str(run.require("teacher")), run.dataset.taxonomy.labels)
+    features = split_features(run)
+    train = run.dataset.split("train")
+    head, history = train_head(
+        features["train"], teacher_logits(run, teacher, processor, train), run.labels(train), config, run.config.seed
+    )
+    head.save_pretrained(run.stage_dir("distill"))
+    metrics = {"parameters": sum(p.numel() for p in head.parameters()), "history": history}
+    with torch.no_grad():
+        for split, values in features.items():
+            metrics[f"{split}_accuracy"] = accuracy(head(values), run.labels(run.dataset.splits[split]))
+    log.info("distill: head val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
+    write_json(run.stage_dir("distill") / "metrics.json", metrics)
+    return metrics

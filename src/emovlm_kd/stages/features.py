@@ -1,0 +1,65 @@
+"""Cached per-image values shared by the stages, evaluation and benchmarks.
+
+- visual features: the frozen VLM's mean-pooled visual tokens [N, D] (the head's input);
+- teacher logits [N, K];
+- VLM class log-likelihoods [N, K] of the tuned VLM, by exact answer scoring.
+Each is computed once per image and model, then read from the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emovlm_kd.cache import TensorCache, file_fingerprint, fingerprint
+from emovlm_kd.data.datasets import Sample
+from emovlm_kd.prompts import classification_answer, classification_prompt
+from emovlm_kd.run import Run, load_rgb
+
+
+def visual_features(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
+    """[N, D] pooled visual tokens of the (frozen) visual encoder."""
+    key = fingerprint(
+        {f"visual.{k}": v for k, v in adapter.fingerprint_modules()["visual"].state_dict().items()},
+        family=adapter.family,
+        processor=adapter.image_processor.to_dict(),
+    )
+    cache = TensorCache(run.cache_root, "visual", key)
+
+    @torch.no_grad()
+    def compute(batch: list[Sample]) -> torch.Tensor:
+        inputs = adapter.encode_images([load_rgb(sample.path) for sample in batch])
+        return adapter.visual_tokens(inputs).pooled().cpu()
+
+    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "visual features")
+
+
+def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.Tensor:
+    """[N, K] logits of the fine-tuned teacher (eval mode, eval preprocessing)."""
+    teacher_dir = run.stage_dir("teacher")
+    key = file_fingerprint(teacher_dir / "model.safetensors", processor=processor.to_dict())
+    cache = TensorCache(run.cache_root, "teacher", key)
+    model.eval()
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def compute(batch: list[Sample]) -> torch.Tensor:
+        pixels = processor(images=[load_rgb(sample.path) for sample in batch], return_tensors="pt")
+        return model(pixel_values=pixels["pixel_values"].to(device)).logits.float().cpu()
+
+    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "teacher logits")
+
+
+def vlm_scores(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
+    """[N, K] log-likelihood of each label's full answer under the tuned VLM."""
+    taxonomy = run.dataset.taxonomy
+    prompt = classification_prompt(taxonomy)
+    answers = [classification_answer(label) for label in taxonomy.labels]
+    weights = sorted(run.stage_dir("instruct").glob("**/*.safetensors"))
+    key = file_fingerprint(*weights, base=run.preset.vlm, seed=run.config.seed, prompt=prompt, answers=answers)
+    cache = TensorCache(run.cache_root, "vlm_scores", key)
+
+    def compute(batch: list[Sample]) -> torch.Tensor:
+        inputs = adapter.encode([load_rgb(sample.path) for sample in batch], [prompt] * len(batch))
+        return adapter.answer_logprobs(inputs, answers).float().cpu()
+
+    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "VLM label scores")

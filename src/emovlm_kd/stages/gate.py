@@ -1,0 +1,74 @@
+"""Gate stage: fuse the head's logits and the tuned VLM's class probabilities.
+
+Trains on cached tensors: head logits from cached features, VLM probabilities from cached
+exact label scores (full distributions, never one-hot), so an epoch costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from emovlm_kd.io import write_json
+from emovlm_kd.models.gate import Gate, GateConfig
+from emovlm_kd.models.head import DistillHead
+from emovlm_kd.run import Run
+from emovlm_kd.stages.distill import split_features
+from emovlm_kd.stages.features import vlm_scores
+from emovlm_kd.stages.instruct import load_tuned_vlm
+from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
+
+log = logging.getLogger("emovlm_kd")
+
+
+def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per split: (head logits [N, K], VLM class probabilities [N, K])."""
+    head = DistillHead.from_pretrained(run.require("distill"))
+    adapter = load_tuned_vlm(run)
+    features = split_features(run, adapter, splits)
+    inputs = {}
+    with torch.no_grad():
+        for split, values in features.items():
+            scores = vlm_scores(run, adapter, run.dataset.splits[split])
+            inputs[split] = (head(values), scores.softmax(-1))
+    return inputs
+
+
+def train_gate_module(head_logits, vlm_probs, labels, config, num_labels: int, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant))
+        history = fit_on_tensors(
+            gate,
+            (head_logits, vlm_probs),
+            labels,
+            lambda logits, index: F.cross_entropy(logits, labels[index]),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            seed=seed,
+            description=f"gate ({config.variant})",
+        )
+    return gate, history
+
+
+def train_gate(run: Run) -> dict:
+    config = run.config.gate
+    inputs = gate_inputs(run)
+    if config.split not in inputs:
+        from emovlm_kd.errors import UserError
+
+        raise UserError(f"gate.split={config.split!r} has no images; use train or val.")
+    labels = run.labels(run.dataset.splits[config.split])
+    gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed)
+    gate.save_pretrained(run.stage_dir("gate"))
+    metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
+    with torch.no_grad():
+        for split, (head_logits, vlm_probs) in inputs.items():
+            metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_probs), run.labels(run.dataset.splits[split]))
+    log.info("gate: val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
+    write_json(run.stage_dir("gate") / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,179 @@
+"""Instruction-tuning stage: LoRA (QLoRA on GPU) on the VLM's language model, three tasks.
+
+Tasks per training image, shuffled together: observation (key elements), inference
+(reasoning), classification ({'emotion': '<label>'}). Without annotations: classification
+alone. The loss covers answer tokens only (the adapter's `encode` masks the rest).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from emovlm_kd.data.annotations import read_annotations
+from emovlm_kd.errors import UserError
+from emovlm_kd.io import write_json
+from emovlm_kd.models.registry import load_vlm
+from emovlm_kd.prompts import INFERENCE_PROMPT, OBSERVATION_PROMPT, classification_answer, classification_prompt
+from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.stages.hf_trainer import training_arguments
+
+log = logging.getLogger("emovlm_kd")
+METHODS = ("auto", "qlora", "lora", "full")
+
+
+@dataclass(frozen=True)
+class Example:
+    image: Path
+    task: str
+    prompt: str
+    answer: str
+
+
+def resolve_method(method: str, preset_method: str) -> str:
+    if method not in METHODS:
+        raise UserError(f"unknown instruct.method {method!r}; choose one of: {', '.join(METHODS)}.")
+    if method == "auto":
+        method = preset_method if preset_method != "auto" else "auto"
+    if method == "auto":
+        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+        method = "qlora" if torch.cuda.is_available() and has_bnb else "lora"
+    if method == "qlora" and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
+        raise UserError("instruct.method=qlora needs a CUDA GPU and bitsandbytes; use instruct.method=lora.")
+    return method
+
+
+def build_examples(run: Run) -> tuple[list[Example], dict]:
+    taxonomy = run.dataset.taxonomy
+    train = run.dataset.split("train")
+    config = run.config.instruct
+    examples = [
+        Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label))
+        for s in train
+    ]
+    summary = {"classification": len(examples), "observation": 0, "inference": 0, "flagged_excluded": 0}
+    if config.annotations:
+        records = read_annotations(config.annotations, taxonomy, [Path(run.config.data.root)])
+        by_image = {record.image: record for record in records}
+        for sample in train:
+            record = by_image.get(sample.path.resolve())
+            if record is None:
+                continue
+            if record.flags and not config.include_flagged:
+                summary["flagged_excluded"] += 1
+                continue
+            examples.append(Example(sample.path, "observation", OBSERVATION_PROMPT, record.key_elements))
+            examples.append(Example(sample.path, "inference", INFERENCE_PROMPT, record.reasoning))
+            summary["observation"] += 1
+            summary["inference"] += 1
+        summary["annotated_train_images"] = summary["observation"]
+    return examples, summary
+
+
+def keep_answer_logits(inputs: dict) -> dict:
+    """Compute vocabulary logits only where the loss needs them.
+
+    Inputs are left-padded, so every answer ends in the last column; logits from the column
+    before the earliest answer token onwards cover every target. With a 152k vocabulary
+    this skips most of the lm_head work on the prompt and image tokens. Labels are cut to
+    the same columns; the model's shifted loss then lines up as before.
+    """
+    labels = inputs["labels"]
+    answer_columns = (labels != -100).any(dim=0).nonzero()
+    keep = labels.shape[1] - int(answer_columns[0]) + 1
+    return dict(inputs, labels=labels[:, -keep:], logits_to_keep=keep)
+
+
+def apply_lora(adapter, config, quantized: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = adapter.model
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    # Only the language model's attention projections; the vision tower stays as it is.
+    targets = "|".join(adapter.lora_target_modules)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=rf".*language_model.*\.({targets})",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train_instruct(run: Run) -> dict:
+    """Tune the VLM on the instruction tasks; save the LoRA adapter (or full weights) to RUN/instruct."""
+    config = run.config.instruct
+    method = resolve_method(config.method, run.preset.instruct_method)
+    if method == "full" and not run.preset.offline:
+        log.warning("instruct: training every language-model weight of a pretrained VLM; LoRA is the paper's method")
+    adapter = load_vlm(run.preset, seed=run.config.seed, quantize_4bit=method == "qlora")
+    examples, summary = build_examples(run)
+    use_bf16 = config.bf16 == "true" or (config.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+    # The visual encoder is never trained: its features (and the head reading them) stay valid.
+    for parameter in adapter.model.model.visual.parameters():
+        parameter.requires_grad_(False)
+    model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def collate(batch: list[Example]):
+        inputs = adapter.encode(
+            [load_rgb(example.image) for example in batch],
+            [example.prompt for example in batch],
+            [example.answer for example in batch],
+        )
+        return keep_answer_logits(inputs)
+
+    stage_dir = run.stage_dir("instruct")
+    args = training_arguments(
+        stage_dir / "trainer",
+        seed=run.config.seed,
+        bf16=use_bf16,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=config.gradient_checkpointing,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        report_to=config.report_to,
+    )
+    log.info("instruct: %s on %d examples (%s), %d trainable parameters", method, len(examples), summary, trainable)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
+    trainer.train()
+    model.eval()
+    if method == "full":
+        model.save_pretrained(stage_dir / "model")
+    else:
+        model.save_pretrained(stage_dir / "adapter")
+    metrics = {
+        "method": method,
+        "examples": summary,
+        "trainable_parameters": trainable,
+        "train_loss": trainer.state.log_history[-1].get("train_loss"),
+        "log_history": trainer.state.log_history,
+    }
+    write_json(stage_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_tuned_vlm(run: Run):
+    """The VLM with the run's instruction tuning applied (LoRA merged for inference speed)."""
+    stage_dir = run.require("instruct")
+    adapter = load_vlm(run.preset, seed=run.config.seed)
+    if (stage_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        adapter.model = PeftModel.from_pretrained(adapter.model, stage_dir / "adapter").merge_and_unload()
+    else:
+        adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype)
+    adapter.model.eval()
+    return adapter
