@@ -99,6 +99,17 @@ def test_class_folders_get_a_seeded_stratified_split_that_survives_a_move(tmp_pa
         assert relative(again.splits[split], moved) == relative(dataset.splits[split], root)
 
 
+def test_seeded_split_is_pinned(tmp_path):
+    # Golden values: a split must not change across runs, machines or Python hash seeds,
+    # or published results stop being comparable.
+    root = make_tree(tmp_path, {"awe": 10, "fear": 10})
+    dataset = load_dataset(root)
+    assert relative(dataset.split("test"), root) == [
+        "awe/img001.png", "awe/img005.png", "fear/img008.png", "fear/img009.png"
+    ]
+    assert relative(dataset.split("val"), root) == ["awe/img006.png", "fear/img006.png"]
+
+
 def test_tiny_classes_still_reach_every_split(tmp_path):
     root = make_tree(tmp_path, {"anger": 3, "disgust": 3})
     counts = load_dataset(root).counts()

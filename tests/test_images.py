@@ -27,6 +27,19 @@ def save(tmp_path, image, name, **params):
     return path
 
 
+def write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def truncated(tmp_path, name, fmt):
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, fmt)
+    path = tmp_path / name
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
 def palette_image(rgb, size=(4, 4)):
     image = Image.new("P", size, 0)
     image.putpalette([*rgb] + [0] * 765)
@@ -185,23 +198,15 @@ def test_bytes_are_loaded_like_files():
     assert loaded.size == (5, 3) and loaded.getpixel((0, 0)) == (1, 2, 3)
 
 
-def _truncated(tmp_path, name, fmt):
-    buffer = io.BytesIO()
-    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, fmt)
-    path = tmp_path / name
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda tmp: tmp / "missing.jpg", "does not exist"),
-        (lambda tmp: _write(tmp / "zero.jpg", b""), r"is empty \(0 bytes\)"),
-        (lambda tmp: _truncated(tmp, "cut.jpg", "JPEG"), "damaged or truncated"),
-        (lambda tmp: _truncated(tmp, "cut.png", "PNG"), "damaged or truncated"),
-        (lambda tmp: _write(tmp / "page.jpg", b"<html>Not Found</html>"), "holds text"),
-        (lambda tmp: _write(tmp / "noise.png", bytes(range(256)) * 4), "not an image PIL can read"),
+        (lambda tmp: write(tmp / "zero.jpg", b""), r"is empty \(0 bytes\)"),
+        (lambda tmp: truncated(tmp, "cut.jpg", "JPEG"), "damaged or truncated"),
+        (lambda tmp: truncated(tmp, "cut.png", "PNG"), "damaged or truncated"),
+        (lambda tmp: write(tmp / "page.jpg", b"<html>Not Found</html>"), "holds text"),
+        (lambda tmp: write(tmp / "noise.png", bytes(range(256)) * 4), "not an image PIL can read"),
         (lambda tmp: tmp, "is a folder"),
     ],
     ids=["missing", "zero-byte", "truncated-jpeg", "truncated-png", "text-as-jpg", "binary-junk", "folder"],
@@ -216,11 +221,6 @@ def test_unusable_files_raise_one_clear_error(tmp_path, make, message):
     assert isinstance(caught.value, UserError)
 
 
-def _write(path, data):
-    path.write_bytes(data)
-    return path
-
-
 def test_empty_bytes_raise():
     with pytest.raises(ImageError, match="empty"):
         load_image(b"")
@@ -229,9 +229,9 @@ def test_empty_bytes_raise():
 def test_verify_checks_header_only(tmp_path):
     verify_image(save(tmp_path, Image.new("RGB", (4, 4)), "ok.png"))
     with pytest.raises(ImageError, match="holds text"):
-        verify_image(_write(tmp_path / "text.jpg", b"hello"))
+        verify_image(write(tmp_path / "text.jpg", b"hello"))
     with pytest.raises(ImageError, match="empty"):
-        verify_image(_write(tmp_path / "zero.png", b""))
+        verify_image(write(tmp_path / "zero.png", b""))
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,7 @@ def test_extensions_cover_the_common_formats():
 
 def test_file_sha256_streams_large_files(tmp_path):
     data = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks
-    path = _write(tmp_path / "blob.bin", data)
+    path = write(tmp_path / "blob.bin", data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     with pytest.raises(ImageError, match="cannot read"):
         file_sha256(tmp_path / "absent.bin")

@@ -38,6 +38,8 @@ class TeacherStageConfig:
     batch_size: int = 10
     lr: float = 3e-5
     weight_decay: float = 1e-5
+    # Smallest crop area of the random resized crop (0.08 is the usual Inception setting).
+    crop_scale_min: float = 0.08
 
 
 @dataclass

@@ -7,6 +7,7 @@ the file and says what to do.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import io
@@ -167,8 +168,8 @@ def _describe(source: ImageSource) -> str:
     return f"image {os.fspath(source)}"
 
 
+# Opens lazily (header only) and refuses files that are empty, missing or too large.
 def _open(source: ImageSource, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and refuse files that are empty, missing or too large."""
     name = _describe(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
@@ -186,10 +187,12 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
             raise ImageError(f"cannot read {name} ({error.strerror}); check its permissions.") from None
         if size == 0:
             raise ImageError(f"{name} is empty (0 bytes); delete it or copy it again from its source.")
+    # PIL's own limit (it warns above it) counts too, so its warning becomes our error.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
         opened = Image.open(target)
     except Image.DecompressionBombError:
-        raise _too_large(name, None, max_pixels) from None
+        raise _too_large(name, None, limit) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{name} is not an image PIL can read{_text_hint(target)}; "
@@ -198,8 +201,6 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
     except Exception as error:
         raise _damaged(name, error) from None
     width, height = opened.size
-    # PIL's own limit (it warns above it) counts too, so its warning becomes our error.
-    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     if width * height > limit:
         opened.close()
         raise _too_large(name, (width, height), limit)
@@ -219,7 +220,8 @@ def _text_hint(target: io.BytesIO | Path) -> str:
     if b"\x00" in head:
         return ""
     try:
-        head.decode("utf-8")
+        # Incremental, so a character cut at byte 512 does not count against the text.
+        codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
         return ""
     return " (it holds text, perhaps an HTML page from a failed download)"
@@ -232,9 +234,9 @@ def _damaged(name: str, error: Exception) -> ImageError:
     )
 
 
-def _too_large(name: str, size: tuple[int, int] | None, max_pixels: int) -> ImageError:
+def _too_large(name: str, size: tuple[int, int] | None, limit: int) -> ImageError:
     dimensions = f"{size[0]}x{size[1]} pixels, " if size else ""
     return ImageError(
-        f"{name} is {dimensions}larger than the limit of {max_pixels:,} pixels (a possible decompression "
+        f"{name} is {dimensions}larger than the limit of {limit:,} pixels (a possible decompression "
         "bomb); downscale it, or raise the limit (max_pixels) if you trust the file."
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emovlm_kd.config import RunConfig
 from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import evaluate_run, format_table
+from emovlm_kd.evaluation import evaluate_run
 from emovlm_kd.io import write_json
 from emovlm_kd.run import STAGES, Run, seed_everything
 
@@ -56,7 +56,8 @@ def train(
     try:
         rerun: set[str] = set()
         for stage in STAGES:
-            upstream_rerun = any(dep in rerun for dep in DEPENDS_ON[stage])
+            # A finished stage whose inputs were just remade is stale: it reruns too.
+            upstream_rerun = any(dep in rerun for dep in DEPENDS_ON[stage]) and run.is_done(stage)
             wanted = stage in stages or upstream_rerun
             if not wanted:
                 continue
@@ -73,7 +74,6 @@ def train(
         if evaluate and all(run.is_done(stage) for stage in STAGES) and run.dataset.splits.get("test"):
             metrics = evaluate_run(run, "test")
             write_json(out / "metrics.json", metrics)
-            log.info("\n%s", format_table(metrics))
         return run, metrics
     finally:
         logging.getLogger("emovlm_kd").removeHandler(handler)

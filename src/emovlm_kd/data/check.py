@@ -28,7 +28,7 @@ def check_dataset(
 
     reasons = []
     if dataset.unknown_classes:
-        reasons.append(f"unknown class name(s) {', '.join(dataset.unknown_classes)}")
+        reasons.append(f"unknown class name(s) {', '.join(map(repr, dataset.unknown_classes))}")
     reasons.extend(f"the {split} split is empty" for split in ("train", "test") if not dataset.splits[split])
     if strict and dataset.unreadable:
         reasons.append(f"{len(dataset.unreadable)} unreadable image(s) under --strict")

@@ -15,9 +15,8 @@ import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -245,7 +244,7 @@ def load_dataset(
             f"{len(failures)} image(s) in {root} are unreadable (first: {min(failures)}); "
             "fix or delete them, or load without strict to skip them."
         )
-    problems.extend(unreadable_problems(list(failures.values())))
+    problems.extend(_unreadable_problems(list(failures.values())))
 
     assigned: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     unsplit: list[Sample] = []
@@ -255,14 +254,13 @@ def load_dataset(
         sample = Sample(path, label_of[name], split or "")
         (assigned[split] if split else unsplit).append(sample)
 
-    key_root = root if root.is_dir() else root.parent
     notes: list[str] = []
     if unsplit:
         # Class folders (or a manifest without splits): test first, then val from the rest.
-        assigned["test"], assigned["train"] = _carve(unsplit, test_fraction, f"{seed}:test", key_root)
+        assigned["test"], assigned["train"] = _carve(unsplit, test_fraction, f"{seed}:test")
         notes.append(f"test: {test_fraction:.0%} of each class, carved with seed {seed}.")
     if not assigned["val"] and assigned["train"] and val_fraction > 0:
-        assigned["val"], assigned["train"] = _carve(assigned["train"], val_fraction, f"{seed}:val", key_root)
+        assigned["val"], assigned["train"] = _carve(assigned["train"], val_fraction, f"{seed}:val")
         notes.append(f"val: {val_fraction:.0%} of train per class, carved with seed {seed}.")
         if preset and get_dataset_preset(preset).has_val_split:
             problems.append(
@@ -289,8 +287,8 @@ def load_dataset(
     )
 
 
-def unreadable_problems(messages: list[str]) -> list[str]:
-    """Problem sentences for unreadable images: a count, then the first few named."""
+# A count, then the first few messages, so a folder of broken files stays readable.
+def _unreadable_problems(messages: list[str]) -> list[str]:
     if not messages:
         return []
     shown = messages[:_NAMED_UNREADABLE]
@@ -387,8 +385,8 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+# (images, other visible files) anywhere under `folder`, hidden folders pruned.
 def _walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Images and other visible files anywhere under `folder`, hidden folders pruned."""
     images: list[Path] = []
     others: list[Path] = []
     for current, dirs, files in os.walk(folder):
@@ -431,8 +429,8 @@ def _read_manifest(manifest: Path) -> list[_Entry]:
     return entries
 
 
-def _manifest_rows(manifest: Path):
-    """(line number, row with lower-cased keys and stripped string values) per record."""
+# (line number, row with lower-cased keys and stripped string values) per record.
+def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, str]]]:
     with open(manifest, encoding="utf-8-sig", newline="") as file:
         if manifest.suffix.lower() == ".csv":
             for line, record in enumerate(csv.DictReader(file), start=2):
@@ -468,8 +466,9 @@ def _require_file(path: Path) -> None:
         raise ImageError(f"image {path} does not exist; fix its path in the manifest or remove the row.")
 
 
+# Runs `probe` on every path and returns the failures' messages by path. Threads,
+# because PIL decodes and reads files without holding the GIL.
 def _probe_all(paths: list[Path], probe: Callable[[Path], object]) -> dict[Path, str]:
-    """Run `probe` on every path (threads: PIL decodes without the GIL); failures by path."""
 
     def attempt(path: Path) -> str | None:
         try:
@@ -480,46 +479,35 @@ def _probe_all(paths: list[Path], probe: Callable[[Path], object]) -> dict[Path,
 
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = tqdm(
+        messages = list(tqdm(
             pool.map(attempt, paths),
             total=len(paths),
             desc="checking images",
             unit="img",
             file=sys.stderr,
             disable=len(paths) < _PROGRESS_FROM,
-        )
-        return {path: message for path, message in zip(paths, results) if message}
+        ))
+    return {path: message for path, message in zip(paths, messages) if message}
 
 
-def _carve(
-    samples: list[Sample], fraction: float, seed: str, key_root: Path
-) -> tuple[list[Sample], list[Sample]]:
-    """Split off `fraction` of each label, the same every time: (carved, kept).
-
-    Each label is sorted by its path relative to the dataset (so moving the dataset keeps
-    the split), then shuffled by a Random seeded from `seed` and the label (string seeds are
-    hashed with SHA-512, unlike hash(), so the result is stable across runs and machines).
-    """
+# Splits off `fraction` of each label, the same every time: (carved, kept). Each label is
+# sorted by path (the dataset's own prefix is common to all, so moving the dataset keeps
+# the order), then shuffled by a Random seeded from `seed` and the label: string seeds go
+# through SHA-512, unlike hash(), so runs and machines agree.
+def _carve(samples: list[Sample], fraction: float, seed: str) -> tuple[list[Sample], list[Sample]]:
     by_label: dict[str, list[Sample]] = {}
     for sample in samples:
         by_label.setdefault(sample.label, []).append(sample)
     carved: list[Sample] = []
     kept: list[Sample] = []
     for label in sorted(by_label):
-        group = sorted(by_label[label], key=partial(_stable_key, key_root))
+        group = sorted(by_label[label], key=lambda sample: sample.path.as_posix())
         random.Random(f"{seed}:{label}").shuffle(group)
         # Every label with 2+ images gives at least one and keeps at least one.
         take = min(len(group) - 1, max(1, round(len(group) * fraction))) if fraction > 0 else 0
         carved.extend(group[:take])
         kept.extend(group[take:])
     return carved, kept
-
-
-def _stable_key(key_root: Path, sample: Sample) -> str:
-    try:
-        return sample.path.relative_to(key_root).as_posix()
-    except ValueError:
-        return sample.path.as_posix()
 
 
 def _empty_split_message(root: Path, split: str, layout: str) -> str:

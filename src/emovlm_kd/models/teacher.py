@@ -142,9 +142,9 @@ def random_resized_crop(image: Image.Image, size: int, rng: random.Random, scale
     return image.resize((size, size), Image.BICUBIC)
 
 
-def train_augment(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+def train_augment(image: Image.Image, size: int, rng: random.Random, scale_min: float = 0.08) -> Image.Image:
     """The paper's teacher augmentation: random resized crop and horizontal flip."""
-    image = random_resized_crop(image, size, rng)
+    image = random_resized_crop(image, size, rng, scale=(scale_min, 1.0))
     if rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return image

@@ -139,7 +139,7 @@ def train_instruct(run: Run) -> dict:
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,

@@ -30,7 +30,7 @@ def train_teacher(run: Run) -> dict:
     rng = random.Random(run.config.seed)
 
     def collate(batch):
-        images = [train_augment(load_rgb(sample.path), size, rng) for sample in batch]
+        images = [train_augment(load_rgb(sample.path), size, rng, config.crop_scale_min) for sample in batch]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels, "labels": run.labels(batch)}
 

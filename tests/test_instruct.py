@@ -1,0 +1,77 @@
+"""Instruction data: answer-only loss, the three tasks, annotations and LoRA targets."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from emovlm_kd.data.annotations import read_annotations
+from emovlm_kd.errors import UserError
+from emovlm_kd.labels import EMOTION6
+from emovlm_kd.stages.instruct import apply_lora, keep_answer_logits, resolve_method
+
+
+def test_loss_covers_answer_tokens_only(tiny_adapter):
+    adapter = tiny_adapter
+    image = Image.new("RGB", (120, 90), (10, 120, 30))
+    answers = ["{'emotion': 'joy'}", "A dog runs on a sunny beach with a red ball."]
+    inputs = adapter.encode([image, image], ["Which emotion?", "Describe the key elements."], answers)
+    for row, answer in enumerate(answers):
+        labelled = inputs["labels"][row][inputs["labels"][row] != -100]
+        # Exactly the answer and its end-of-turn token; no system, prompt, image or pad token.
+        assert adapter.tokenizer.decode(labelled) == answer + "<|im_end|>"
+        image_positions = inputs["input_ids"][row] == adapter.model.config.image_token_id
+        assert (inputs["labels"][row][image_positions] == -100).all()
+        assert (inputs["labels"][row][inputs["attention_mask"][row] == 0] == -100).all()
+
+
+def test_keeping_only_answer_logits_leaves_the_loss_unchanged(tiny_adapter):
+    adapter = tiny_adapter
+    images = [Image.new("RGB", (100, 100), (200, 0, 0)), Image.new("RGB", (140, 60), (0, 0, 200))]
+    inputs = adapter.encode(images, ["Which emotion?", "Why?"], ["{'emotion': 'anger'}", "Because of the clouds."])
+    with torch.no_grad():
+        full = adapter.model(**inputs).loss
+        trimmed = adapter.model(**keep_answer_logits(inputs)).loss
+    assert torch.allclose(full, trimmed, atol=1e-5)
+
+
+def test_lora_targets_the_language_model_attention_only(tiny_adapter):
+    from emovlm_kd.config import InstructStageConfig
+    from emovlm_kd.models.registry import get_preset, load_vlm
+
+    adapter = load_vlm(get_preset("tiny"), seed=0)
+    model = apply_lora(adapter, InstructStageConfig(), quantized=False)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name and "language_model" in name for name in trainable)
+    assert {name.split(".lora_")[0].rsplit(".", 1)[1] for name in trainable} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert not any("visual" in name for name in trainable)
+    lora = model.peft_config["default"]
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (8, 8, 0.05)
+
+
+def test_method_choice():
+    assert resolve_method("auto", "full") == "full"
+    assert resolve_method("auto", "auto") in ("lora", "qlora")
+    assert resolve_method("lora", "full") == "lora"
+    with pytest.raises(UserError):
+        resolve_method("dora", "auto")
+
+
+def test_annotations_are_read_and_flagged(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    records = [
+        {"image": "a.png", "label": "happy", "key_elements": "A smiling child.", "reasoning": "Smiles signal delight."},
+        {"image": "a.png", "label": "joy", "key_elements": "A smiling child.", "reasoning": "Clearly joyful, so joy."},
+        {"image": "a.png", "label": "sad", "key_elements": "", "reasoning": "Grey rain."},
+    ]
+    path = tmp_path / "ann.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    read = read_annotations(path, EMOTION6, [tmp_path])
+    assert [r.label for r in read] == ["joy", "joy", "sadness"]
+    assert read[0].flags == () and read[0].image == (tmp_path / "a.png").resolve()
+    assert "names the true label" in read[1].flags
+    assert "missing key_elements" in read[2].flags
+    path.write_text("not json\n")
+    with pytest.raises(UserError, match="line 1"):
+        read_annotations(path, EMOTION6, [tmp_path])

@@ -1,0 +1,214 @@
+"""Every stage end to end on the offline presets: train, resume, predict, evaluate."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from emovlm_kd.apps.cli import main
+from emovlm_kd.config import load_config
+from emovlm_kd.errors import UserError
+from emovlm_kd.train import train
+
+FAST = ["teacher.epochs=1", "instruct.epochs=1", "distill.epochs=3", "gate.epochs=3", "batch_size=8"]
+
+
+def fast_config(manifest: Path, cache: Path, *overrides):
+    with resources.as_file(resources.files("emovlm_kd") / "configs" / "demo.yaml") as path:
+        return load_config(path, [f"data.root={manifest}", f"cache_dir={cache}", *FAST, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(small_manifest, tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    config = fast_config(small_manifest, base / "cache")
+    run, metrics = train(config, base / "run")
+    return base / "run", config, metrics
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_run_folder_holds_every_artifact_unpickled(trained):
+    run_dir, _, metrics = trained
+    for stage in ("teacher", "instruct", "distill", "gate"):
+        assert (run_dir / stage / "metrics.json").is_file()
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in (run_dir / "teacher").iterdir()}
+    assert (run_dir / "instruct" / "model" / "model.safetensors").is_file()
+    for stage in ("distill", "gate"):
+        assert {p.name for p in (run_dir / stage).iterdir()} >= {"config.json", "model.safetensors"}
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "logs" / "train.log").is_file()
+    pickled = [p for p in run_dir.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle")]
+    assert pickled == []
+    teacher = json.loads((run_dir / "teacher" / "metrics.json").read_text())
+    assert 0 <= teacher["val_accuracy"] <= 1 and 0 <= teacher["test_accuracy"] <= 1
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == metrics and metrics["images"] == 18
+    for model in ("teacher", "vlm", "head", "emovlm_kd"):
+        assert 0 <= metrics[model]["accuracy"] <= 1 and 0 <= metrics[model]["macro_f1"] <= 1
+
+
+def test_finished_stages_are_not_redone(trained, monkeypatch):
+    run_dir, config, metrics = trained
+    import emovlm_kd.train as train_module
+
+    monkeypatch.setattr(train_module, "_stage_function", lambda stage: pytest.fail(f"{stage} was redone"))
+    _, again = train(config, run_dir)
+    assert again == metrics
+
+
+def test_an_interrupted_stage_is_redone_alone(trained, monkeypatch):
+    run_dir, config, metrics = trained
+    import emovlm_kd.stages.gate as gate_stage
+    import emovlm_kd.train as train_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while writing metrics")
+
+    # The gate's weights are written, then the process dies before its metrics.json.
+    monkeypatch.setattr(gate_stage, "write_json", crash)
+    with pytest.raises(RuntimeError):
+        train(config, run_dir, stages=("gate",), force=True)
+    assert not (run_dir / "gate" / "metrics.json").exists()
+    monkeypatch.undo()
+
+    ran = []
+    real = train_module._stage_function
+    monkeypatch.setattr(train_module, "_stage_function", lambda stage: ran.append(stage) or real(stage))
+    _, again = train(config, run_dir)
+    assert ran == ["gate"]
+    assert again == metrics  # same data, seed and config: the same numbers
+
+
+def test_a_changed_config_needs_force(trained):
+    run_dir, config, _ = trained
+    changed = load_config(None, [f"{k}" for k in []])
+    changed.__dict__.update(config.__dict__)
+    changed.distill.depth = 2
+    try:
+        with pytest.raises(UserError, match="distill.depth"):
+            train(changed, run_dir)
+    finally:
+        changed.distill.depth = config.distill.depth = 1
+
+
+def test_predict_cli_formats_and_determinism(trained, sample_root, capsys, tmp_path):
+    run_dir, _, _ = trained
+    test_dir = sample_root / "test" / "joy"
+    images = sorted(test_dir.iterdir())[:3]
+    code, out, _ = cli(capsys, "predict", "--run", run_dir, "--format", "json", *images)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["image"] for row in rows] == [str(p) for p in images]
+    labels = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
+    for row in rows:
+        assert set(row) == {"image", "label", "probs", "vlm", "head", "explanation", "error"}
+        assert row["error"] is None and row["explanation"] is None and row["label"] in labels
+        for part in ("probs", "vlm", "head"):
+            assert tuple(row[part]) == labels
+            assert sum(row[part].values()) == pytest.approx(1, abs=1e-4)
+        assert row["label"] == max(row["probs"], key=row["probs"].get)
+    _, again, _ = cli(capsys, "predict", "--run", run_dir, "--format", "json", *images)
+    assert again == out
+    # Batch size does not change the answers.
+    _, single, _ = cli(capsys, "predict", "--run", run_dir, "--format", "json", "--batch-size", "1", *images)
+    for a, b in zip(rows, map(json.loads, single.splitlines())):
+        assert a["label"] == b["label"]
+        assert all(abs(a["probs"][k] - b["probs"][k]) < 1e-4 for k in labels)
+
+    code, out, _ = cli(capsys, "predict", "--run", run_dir, "--format", "csv", images[0])
+    header, line = out.strip().splitlines()
+    assert header.startswith("image,label,error,explanation,probs_anger") and line.startswith(str(images[0]))
+    code, out, _ = cli(capsys, "predict", "--run", run_dir, test_dir)
+    assert code == 0 and len(out.strip().splitlines()) == len(list(test_dir.iterdir()))
+
+
+def test_predict_reports_a_bad_file_and_goes_on(trained, sample_root, capsys, tmp_path):
+    run_dir, _, _ = trained
+    good = sorted((sample_root / "test" / "anger").iterdir())[0]
+    (tmp_path / "broken.jpg").write_text("this is not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    code, out, err = cli(capsys, "predict", "--run", run_dir, "--format", "json",
+                         tmp_path / "broken.jpg", good, tmp_path / "empty.png")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert [row["error"] is None for row in rows] == [False, True, False]
+    assert "broken.jpg" in rows[0]["error"] and rows[0]["label"] is None
+    assert "2 of 3 images could not be read" in err
+    code, _, err = cli(capsys, "predict", "--run", run_dir, tmp_path / "missing.jpg")
+    assert code == 1 and "does not exist" in err
+    code, _, err = cli(capsys, "predict", "--run", tmp_path, good)
+    assert code == 1 and "not a run folder" in err
+
+
+def test_library_prediction_matches_the_cached_stage_path(trained, small_manifest):
+    """One shared visual pass at predict time gives what the stages computed from caches."""
+    from emovlm_kd import EmoVLMKD
+    from emovlm_kd.models.gate import Gate
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages.gate import gate_inputs
+
+    run_dir, _, _ = trained
+    model = EmoVLMKD.from_pretrained(run_dir)
+    run = Run.open(run_dir)
+    samples = run.dataset.split("test")[:4]
+    head_logits, vlm_probs = (t[:4] for t in gate_inputs(run, ("test",))["test"])
+    with torch.no_grad():
+        expected = Gate.from_pretrained(run_dir / "gate")(head_logits, vlm_probs).softmax(-1)
+    predictions = list(model.predict_paths([s.path for s in samples], batch_size=4))
+    got = torch.tensor([list(p.probs.values()) for p in predictions])
+    assert torch.allclose(got, expected, atol=1e-4)
+    explained = model.predict_images([Image.open(samples[0].path).convert("RGB")], explain=True)[0]
+    assert isinstance(explained.explanation, str)
+
+
+def test_evaluate_cli(trained, capsys):
+    run_dir, _, metrics = trained
+    code, out, _ = cli(capsys, "evaluate", "--run", run_dir, "--json")
+    assert code == 0 and json.loads(out) == metrics
+    code, out, _ = cli(capsys, "evaluate", "--run", run_dir)
+    assert "EmoVLM-KD (gated)" in out and "VLM alone" in out
+
+
+def test_lora_instruct_stage_saves_an_adapter(small_manifest, tmp_path):
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages.instruct import load_tuned_vlm
+
+    config = fast_config(small_manifest, tmp_path / "cache", "instruct.method=lora", "instruct.lr=1e-2")
+    run, _ = train(config, tmp_path / "run", stages=("instruct",))
+    adapter_dir = tmp_path / "run" / "instruct" / "adapter"
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "instruct" / "metrics.json").read_text())["method"] == "lora"
+    tuned = load_tuned_vlm(Run.open(tmp_path / "run"))
+    base = run.preset
+    from emovlm_kd.models.registry import load_vlm
+
+    original = load_vlm(base, seed=config.seed)
+    name = next(n for n in original.model.state_dict() if "language_model" in n and "q_proj.weight" in n)
+    assert not torch.equal(tuned.model.state_dict()[name], original.model.state_dict()[name])
+    vision = next(n for n in original.model.state_dict() if "visual" in n)
+    assert torch.equal(tuned.model.state_dict()[vision], original.model.state_dict()[vision])
+
+
+def test_teacher_stage_takes_any_transformers_classifier(small_manifest, tmp_path):
+    """A named model (here a small ViT in a local folder) replaces the preset's teacher."""
+    from transformers import ViTConfig, ViTForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    vit_dir = tmp_path / "vit"
+    config = ViTConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(vit_dir)
+    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(vit_dir)
+    run_config = fast_config(small_manifest, tmp_path / "cache", f"teacher.model={vit_dir}")
+    train(run_config, tmp_path / "run", stages=("teacher",))
+    saved = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
+    assert saved["model_type"] == "vit" and len(saved["id2label"]) == 6
+    assert saved["id2label"]["3"] == "joy"

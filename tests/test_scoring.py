@@ -1,0 +1,82 @@
+"""Exact VLM class probabilities: full answers scored from one encoding per image."""
+
+import torch
+from PIL import Image
+
+from emovlm_kd.labels import EMOTION6, MIKELS8
+from emovlm_kd.prompts import classification_answer, classification_prompt
+
+
+def teacher_forced_logprob(adapter, image, prompt, answer) -> float:
+    """The reference: one full forward of prompt + answer, summing the answer's token log-probs."""
+    inputs = adapter.encode([image], [prompt], [answer])
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        logits = adapter.model(**inputs).logits[0, :-1].float()
+    targets = labels[0, 1:]
+    scored = targets != -100
+    return logits[scored].log_softmax(-1).gather(-1, targets[scored][:, None]).sum().item()
+
+
+def images():
+    # Different sizes: different numbers of image tokens, so left padding is exercised.
+    return [
+        Image.new("RGB", (224, 224), (200, 40, 40)),
+        Image.linear_gradient("L").convert("RGB").resize((160, 96)),
+        Image.new("RGB", (64, 300), (20, 20, 220)),
+    ]
+
+
+def test_scores_equal_teacher_forcing_with_one_image_encoding(tiny_adapter):
+    adapter = tiny_adapter
+    for taxonomy in (EMOTION6, MIKELS8):
+        prompt = classification_prompt(taxonomy)
+        answers = [classification_answer(label) for label in taxonomy.labels]
+        batch = images()
+        calls = []
+        hook = adapter.model.model.visual.register_forward_hook(lambda *args: calls.append(1))
+        try:
+            scores = adapter.answer_logprobs(adapter.encode(batch, [prompt] * len(batch)), answers)
+        finally:
+            hook.remove()
+        assert len(calls) == 1  # one visual pass for all images and all K answers
+        reference = torch.tensor(
+            [[teacher_forced_logprob(adapter, image, prompt, answer) for answer in answers] for image in batch]
+        )
+        assert scores.shape == (len(batch), len(taxonomy))
+        assert torch.allclose(scores, reference, atol=1e-4), (scores - reference).abs().max()
+        assert torch.allclose(scores.softmax(-1), reference.softmax(-1), atol=1e-4)
+
+
+def test_every_token_of_the_label_counts(tiny_adapter):
+    # 'excitement' and 'sadness' take several tokens; a first-token-only score would differ.
+    adapter = tiny_adapter
+    answers = [classification_answer(label) for label in MIKELS8.labels]
+    lengths = {len(adapter.answer_ids(a)) for a in answers}
+    assert len(lengths) > 1
+    image = images()[0]
+    scores = adapter.answer_logprobs(adapter.encode([image], [classification_prompt(MIKELS8)]), answers)
+    assert torch.isfinite(scores).all()
+
+
+def test_scores_do_not_depend_on_batch_company(tiny_adapter):
+    adapter = tiny_adapter
+    prompt = classification_prompt(EMOTION6)
+    answers = [classification_answer(label) for label in EMOTION6.labels]
+    batch = images()
+    together = adapter.answer_logprobs(adapter.encode(batch, [prompt] * 3), answers)
+    alone = adapter.answer_logprobs(adapter.encode(batch[1:2], [prompt]), answers)
+    assert torch.allclose(together[1], alone[0], atol=1e-4)
+
+
+def test_visual_tokens_are_shared_by_the_head_input(tiny_adapter):
+    adapter = tiny_adapter
+    batch = images()
+    inputs = adapter.encode(batch, ["describe"] * 3)
+    visual = adapter.visual_tokens(inputs)
+    merge = adapter.image_processor.merge_size ** 2
+    assert [t.shape[0] for t in visual.per_image] == [int(g.prod()) // merge for g in inputs["image_grid_thw"]]
+    assert visual.pooled().shape == (3, adapter.hidden_size)
+    # Passing the shared visual tokens gives the same scores as recomputing them.
+    answers = [classification_answer(label) for label in EMOTION6.labels]
+    assert torch.equal(adapter.answer_logprobs(inputs, answers, visual=visual), adapter.answer_logprobs(inputs, answers))
