@@ -212,3 +212,58 @@ def test_teacher_stage_takes_any_transformers_classifier(small_manifest, tmp_pat
     saved = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
     assert saved["model_type"] == "vit" and len(saved["id2label"]) == 6
     assert saved["id2label"]["3"] == "joy"
+
+
+def test_another_head_reuses_every_cached_feature(trained, tmp_path, monkeypatch):
+    """A new depth retrains head and gate from the caches: no image is encoded again."""
+    import shutil
+
+    from emovlm_kd.cache import TensorCache
+
+    run_dir, config, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = load_config(run_dir / "config.yaml", ["distill.depth=2"])
+    def add(self, rows):
+        if rows:
+            pytest.fail(f"{len(rows)} rows recomputed")
+
+    monkeypatch.setattr(TensorCache, "add", add)
+    _, metrics = train(config, copy, stages=("distill",), force=True)
+    head_config = json.loads((copy / "distill" / "config.json").read_text())
+    assert head_config["depth"] == 2
+    assert json.loads((copy / "gate" / "metrics.json").read_text())  # the gate was retrained on the new head
+    assert metrics["emovlm_kd"]["accuracy"] >= 0
+
+
+def test_annotations_add_the_observation_and_inference_tasks(small_manifest, tmp_path):
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages.instruct import build_examples
+
+    lines = [json.loads(line) for line in small_manifest.read_text().splitlines()]
+    train_rows = [row for row in lines if row["split"] == "train"]
+    records = [
+        {"image": row["image"], "label": row["label"], "key_elements": "A round yellow face.",
+         "reasoning": "The mouth and eyes shape the mood."}
+        for row in train_rows[:5]
+    ]
+    records[0]["reasoning"] = f"It is plainly {train_rows[0]['label']}."  # leaks its label: flagged
+    annotations = tmp_path / "annotations.jsonl"
+    annotations.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    config = fast_config(small_manifest, tmp_path / "cache", f"instruct.annotations={annotations}")
+    run = Run.create(config, tmp_path / "run")
+    examples, summary = build_examples(run)
+    assert summary == {"classification": len(train_rows), "observation": 4, "inference": 4,
+                       "flagged_excluded": 1, "annotated_train_images": 4}
+    tasks = [example.task for example in examples]
+    assert tasks.count("observation") == tasks.count("inference") == 4
+    assert {e.answer for e in examples if e.task == "observation"} == {"A round yellow face."}
+
+
+def test_predict_explain_adds_one_sentence(trained, sample_root, capsys):
+    run_dir, _, _ = trained
+    image = sorted((sample_root / "test" / "fear").iterdir())[0]
+    code, out, _ = cli(capsys, "predict", "--run", run_dir, "--format", "json", "--explain", image)
+    row = json.loads(out)
+    assert code == 0 and isinstance(row["explanation"], str)
+    assert row["explanation"].count(". ") == 0

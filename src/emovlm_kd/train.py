@@ -14,7 +14,7 @@ from emovlm_kd.run import STAGES, Run, seed_everything
 log = logging.getLogger("emovlm_kd")
 
 # A stage reruns when one it reads from was rerun.
-DEPENDS_ON = {"teacher": (), "instruct": (), "distill": ("teacher",), "gate": ("instruct", "distill")}
+DEPENDS_ON = {"teacher": (), "instruct": (), "distill": ("teacher", "instruct"), "gate": ("instruct", "distill")}
 
 
 def _stage_function(stage: str):

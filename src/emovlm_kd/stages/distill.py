@@ -1,4 +1,4 @@
-"""Distillation stage: a head on the frozen VLM's pooled visual tokens learns the teacher.
+"""Distillation stage: a head on the frozen, tuned VLM's pooled visual tokens learns the teacher.
 
 Features and teacher logits are computed once per image (cached), so every epoch, and
 every rerun with another depth, alpha or temperature, trains on tensors in memory.
@@ -13,18 +13,22 @@ import torch
 from emovlm_kd.io import write_json
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.head import DistillHead, HeadConfig
-from emovlm_kd.models.registry import load_vlm
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
 from emovlm_kd.stages.features import teacher_logits, visual_features
+from emovlm_kd.stages.instruct import load_tuned_vlm
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
 
 log = logging.getLogger("emovlm_kd")
 
 
 def split_features(run: Run, adapter=None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-    """Cached pooled visual features of every non-empty split (or of `splits`)."""
-    adapter = adapter or load_vlm(run.preset, seed=run.config.seed)
+    """Cached pooled visual features of the tuned VLM, for every non-empty split (or `splits`).
+
+    The head reads exactly the visual tokens the tuned VLM computes at inference, so an
+    adapter whose tuning touches the vision side (a projector, say) stays consistent.
+    """
+    adapter = adapter or load_tuned_vlm(run)
     return {
         split: visual_features(run, adapter, samples)
         for split, samples in run.dataset.splits.items()

@@ -58,7 +58,9 @@ def build_examples(run: Run) -> tuple[list[Example], dict]:
     ]
     summary = {"classification": len(examples), "observation": 0, "inference": 0, "flagged_excluded": 0}
     if config.annotations:
-        records = read_annotations(config.annotations, taxonomy, [Path(run.config.data.root)])
+        data_root = Path(run.config.data.root)
+        # Relative image paths are relative to the dataset folder (a manifest's folder).
+        records = read_annotations(config.annotations, taxonomy, [data_root.parent if data_root.is_file() else data_root])
         by_image = {record.image: record for record in records}
         for sample in train:
             record = by_image.get(sample.path.resolve())
@@ -117,7 +119,8 @@ def train_instruct(run: Run) -> dict:
     examples, summary = build_examples(run)
     use_bf16 = config.bf16 == "true" or (config.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
-    # The visual encoder is never trained: its features (and the head reading them) stay valid.
+    # The visual encoder is never trained (the paper's setting, also under 'full'): the
+    # head's cached features and the VLM's image tokens stay the same ones.
     for parameter in adapter.model.model.visual.parameters():
         parameter.requires_grad_(False)
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
