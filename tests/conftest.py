@@ -46,3 +46,30 @@ def tiny_adapter():
     from emovlm_kd.models.registry import get_preset, load_vlm
 
     return load_vlm(get_preset("tiny"), seed=0)
+
+
+FAST = ["teacher.epochs=1", "instruct.epochs=1", "distill.epochs=3", "gate.epochs=3", "batch_size=8"]
+
+
+def fast_config(manifest: Path, cache: Path, *overrides):
+    """The demo config on `manifest`, with a few epochs only: every stage in seconds."""
+    from importlib import resources
+
+    from emovlm_kd.config import load_config
+
+    with resources.as_file(resources.files("emovlm_kd") / "configs" / "demo.yaml") as path:
+        return load_config(path, [f"data.root={manifest}", f"cache_dir={cache}", *FAST, *overrides])
+
+
+@pytest.fixture(scope="session")
+def trained(small_manifest, tmp_path_factory):
+    """A run trained through every stage on the small manifest: (run_dir, config, test metrics).
+
+    Shared by the whole session; a test that changes it must leave it as it found it.
+    """
+    from emovlm_kd.train import train
+
+    base = tmp_path_factory.mktemp("trained")
+    config = fast_config(small_manifest, base / "cache")
+    _, metrics = train(config, base / "run")
+    return base / "run", config, metrics

@@ -1,32 +1,16 @@
 """Every stage end to end on the offline presets: train, resume, predict, evaluate."""
 
 import json
-from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import fast_config
 from PIL import Image
 
 from emovlm_kd.apps.cli import main
 from emovlm_kd.config import load_config
 from emovlm_kd.errors import UserError
 from emovlm_kd.train import train
-
-FAST = ["teacher.epochs=1", "instruct.epochs=1", "distill.epochs=3", "gate.epochs=3", "batch_size=8"]
-
-
-def fast_config(manifest: Path, cache: Path, *overrides):
-    with resources.as_file(resources.files("emovlm_kd") / "configs" / "demo.yaml") as path:
-        return load_config(path, [f"data.root={manifest}", f"cache_dir={cache}", *FAST, *overrides])
-
-
-@pytest.fixture(scope="module")
-def trained(small_manifest, tmp_path_factory):
-    base = tmp_path_factory.mktemp("run")
-    config = fast_config(small_manifest, base / "cache")
-    run, metrics = train(config, base / "run")
-    return base / "run", config, metrics
 
 
 def cli(capsys, *argv):
