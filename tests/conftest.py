@@ -73,3 +73,19 @@ def trained(small_manifest, tmp_path_factory):
     config = fast_config(small_manifest, base / "cache")
     _, metrics = train(config, base / "run")
     return base / "run", config, metrics
+
+
+@pytest.fixture(scope="session")
+def evaluated(trained, tmp_path_factory):
+    """`emovlm-kd evaluate --efficiency` on the trained run, into a folder of its own: (out, stdout)."""
+    import contextlib
+    import io
+
+    from emovlm_kd.apps.cli import main
+
+    out = tmp_path_factory.mktemp("evaluated") / "test"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["evaluate", "--run", str(trained[0]), "--out", str(out), "--efficiency"])
+    assert code == 0
+    return out, printed.getvalue()

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from emovlm_kd.data import DATASET_PRESETS, SPLITS, Sample, get_dataset_preset, load_dataset
+from emovlm_kd.data import (
+    DATASET_PRESETS,
+    SPLITS,
+    Sample,
+    get_dataset_preset,
+    load_dataset,
+)
 from emovlm_kd.errors import UserError
 
 

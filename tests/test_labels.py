@@ -1,7 +1,14 @@
 import pytest
 
 from emovlm_kd.errors import UserError
-from emovlm_kd.labels import EMOTION6, MIKELS8, MIKELS_TO_SENTIMENT, SENTIMENT2, get_taxonomy, guess_taxonomy
+from emovlm_kd.labels import (
+    EMOTION6,
+    MIKELS8,
+    MIKELS_TO_SENTIMENT,
+    SENTIMENT2,
+    get_taxonomy,
+    guess_taxonomy,
+)
 
 
 def test_canonical_orders_are_fixed():

@@ -10,7 +10,13 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.gate import GATE_VARIANTS, Gate, GateConfig
 from emovlm_kd.models.head import DistillHead, HeadConfig
-from emovlm_kd.models.registry import PRESETS, get_preset, list_presets, load_vlm, resolve_vlm
+from emovlm_kd.models.registry import (
+    PRESETS,
+    get_preset,
+    list_presets,
+    load_vlm,
+    resolve_vlm,
+)
 from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, load_teacher
 
 

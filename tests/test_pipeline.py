@@ -153,11 +153,12 @@ def test_library_prediction_matches_the_cached_stage_path(trained, small_manifes
     assert isinstance(explained.explanation, str)
 
 
-def test_evaluate_cli(trained, capsys):
+def test_evaluate_cli(trained, capsys, tmp_path):
     run_dir, _, metrics = trained
-    code, out, _ = cli(capsys, "evaluate", "--run", run_dir, "--json")
+    # Outputs go to tmp_path: the shared run folder stays as it was.
+    code, out, _ = cli(capsys, "evaluate", "--run", run_dir, "--json", "--no-report", "--out", tmp_path)
     assert code == 0 and json.loads(out) == metrics
-    code, out, _ = cli(capsys, "evaluate", "--run", run_dir)
+    code, out, _ = cli(capsys, "evaluate", "--run", run_dir, "--no-report", "--out", tmp_path)
     assert "EmoVLM-KD (gated)" in out and "VLM alone" in out
 
 

@@ -15,6 +15,7 @@ def teacher_forced_logprob(adapter, image, prompt, answer) -> float:
         logits = adapter.model(**inputs).logits[0, :-1].float()
     targets = labels[0, 1:]
     scored = targets != -100
+    scored[scored.nonzero()[-1]] = False  # the end-of-turn token closes the turn, not the answer
     return logits[scored].log_softmax(-1).gather(-1, targets[scored][:, None]).sum().item()
 
 
@@ -46,13 +47,17 @@ def test_scores_equal_teacher_forcing_with_one_image_encoding(tiny_adapter):
         assert scores.shape == (len(batch), len(taxonomy))
         assert torch.allclose(scores, reference, atol=1e-4), (scores - reference).abs().max()
         assert torch.allclose(scores.softmax(-1), reference.softmax(-1), atol=1e-4)
+        # Leaving out the opening all answers share changes no probability.
+        own = adapter.answer_logprobs(adapter.encode(batch, [prompt] * len(batch)), answers, include_shared=False)
+        assert torch.allclose(own.softmax(-1), reference.softmax(-1), atol=1e-4)
+        assert not torch.allclose(own, reference, atol=1e-2)
 
 
 def test_every_token_of_the_label_counts(tiny_adapter):
     # 'excitement' and 'sadness' take several tokens; a first-token-only score would differ.
     adapter = tiny_adapter
     answers = [classification_answer(label) for label in MIKELS8.labels]
-    lengths = {len(adapter.answer_ids(a)) for a in answers}
+    lengths = {len(adapter.tokenizer(a).input_ids) for a in answers}
     assert len(lengths) > 1
     image = images()[0]
     scores = adapter.answer_logprobs(adapter.encode([image], [classification_prompt(MIKELS8)]), answers)

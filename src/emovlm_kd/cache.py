@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from emovlm_kd import distributed
 from emovlm_kd.io import atomic_path
 
 
@@ -80,14 +81,25 @@ class TensorCache:
         description: str,
         flush_every: int = 256,
     ) -> torch.Tensor:
-        """[N, ...] rows for `keys`, computing the missing ones with `compute(items[batch])`."""
+        """[N, ...] rows for `keys`, computing the missing ones with `compute(items[batch])`.
+
+        Under several processes each computes every world_size-th missing row and writes
+        its own shards; after a barrier all read the merged folder, so no row is computed
+        twice or missed, whatever the count.
+        """
+        if distributed.launched():
+            # Every rank must split the same to-do list: none may start writing before
+            # all have read what is already there.
+            distributed.barrier()
         have = self.rows()
         todo = [index for index, key in enumerate(keys) if key not in have]
         # Duplicate images (same content) are computed once.
         seen: set[str] = set()
         todo = [i for i in todo if not (keys[i] in seen or seen.add(keys[i]))]
+        todo = todo[distributed.rank() :: distributed.world_size()]
         pending: dict[str, torch.Tensor] = {}
-        with tqdm(total=len(todo), desc=description, disable=not todo, leave=False) as progress:
+        quiet = not todo or not distributed.is_main()
+        with tqdm(total=len(todo), desc=description, disable=quiet, leave=False) as progress:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 values = compute([items[i] for i in batch])
@@ -97,5 +109,8 @@ class TensorCache:
                     self.add(pending)
                     pending = {}
         self.add(pending)
+        if distributed.launched():
+            distributed.barrier()
+            self._rows = None  # re-read: the other ranks' shards are on disk now
         have = self.rows()
         return torch.stack([have[key] for key in keys])

@@ -17,6 +17,9 @@ import yaml
 
 from emovlm_kd.errors import UserError
 
+# The training stages in the order they run; each has a section below.
+STAGES = ("teacher", "instruct", "distill", "gate")
+
 
 @dataclass
 class DataConfig:

@@ -1,10 +1,22 @@
-"""Scores of the four models of a run on one split: teacher, VLM alone, head alone, EmoVLM-KD."""
+"""Scores of the four models of a run on one split: teacher, VLM alone, head alone, EmoVLM-KD.
+
+`score_run` gives each model's [N, K] class probabilities (from the run's artifacts and the
+caches); `summarize` turns them into the metrics file; `prediction_records` into one record
+per image. `evaluate_run` is both first steps at once, as `train` records it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
+from emovlm_kd.data.datasets import SPLITS, Sample, get_dataset_preset
 from emovlm_kd.errors import UserError
+from emovlm_kd.labels import TAXONOMIES
+from emovlm_kd.metrics import classification_report, complementarity
 from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
@@ -13,54 +25,139 @@ from emovlm_kd.stages.gate import gate_inputs
 
 MODELS = ("teacher", "vlm", "head", "emovlm_kd")
 MODEL_TITLES = {"teacher": "teacher", "vlm": "VLM alone", "head": "head alone", "emovlm_kd": "EmoVLM-KD (gated)"}
+# The pairs whose overlap the report shows: the paper's motivation (VLM vs its ViT teacher)
+# and the two inputs the gate actually fuses (VLM vs the distilled head).
+PAIRS = (("vlm", "teacher"), ("vlm", "head"))
+ALL_SPLITS = "all"
 
 
-def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
-    """Top-1 accuracy and macro-F1 (classes absent from both truth and prediction are skipped)."""
-    predicted = scores.argmax(-1)
-    f1s = []
-    for k in range(num_labels):
-        true_positive = ((predicted == k) & (labels == k)).sum().item()
-        predicted_k, actual_k = (predicted == k).sum().item(), (labels == k).sum().item()
-        if predicted_k + actual_k == 0:
-            continue
-        f1s.append(2 * true_positive / (predicted_k + actual_k))
-    return {
-        "accuracy": (predicted == labels).float().mean().item(),
-        "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
-    }
+@dataclass
+class Scores:
+    """Each model's class probabilities on the same images, with their true labels."""
+
+    samples: list[Sample]
+    labels: torch.Tensor  # [N] class ids
+    class_names: tuple[str, ...]
+    probs: dict[str, torch.Tensor]  # model name -> [N, K]
+    split: str
 
 
-def evaluate_run(run: Run, split: str = "test") -> dict:
-    """Accuracy and macro-F1 of each model on `split`, from the run's artifacts and caches."""
-    samples = run.dataset.split(split)
+def split_names(run: Run, split: str) -> tuple[str, ...]:
+    """The splits `split` stands for: itself, or every non-empty one for 'all'."""
+    if split != ALL_SPLITS:
+        # An unknown or empty split ends here, in one sentence; an alias becomes its name.
+        return (run.dataset.split(split)[0].split,)
+    names = tuple(name for name in SPLITS if run.dataset.splits.get(name))
+    if not names:
+        raise UserError(f"{run.dataset.root} has no images to evaluate; check it with `emovlm-kd data check`.")
+    return names
+
+
+def score_run(run: Run, split: str = "test") -> Scores:
+    """[N, K] probabilities of teacher, VLM, head and gated EmoVLM-KD on `split` (or 'all')."""
     for stage in ("teacher", "instruct", "distill", "gate"):
         run.require(stage)
-    labels = run.labels(samples)
-    num_labels = len(run.dataset.taxonomy)
-    head_logits, vlm_probs = gate_inputs(run, (split,))[split]
+    names = split_names(run, split)
+    samples = [sample for name in names for sample in run.dataset.splits[name]]
+    inputs = gate_inputs(run, names)
+    head_logits = torch.cat([inputs[name][0] for name in names])
+    vlm_probs = torch.cat([inputs[name][1] for name in names])
     teacher, processor = load_teacher(str(run.stage_dir("teacher")), run.dataset.taxonomy.labels)
     gate = Gate.from_pretrained(run.stage_dir("gate"))
     with torch.no_grad():
-        scores = {
-            "teacher": teacher_logits(run, teacher, processor, samples),
+        probs = {
+            "teacher": teacher_logits(run, teacher, processor, samples).softmax(-1),
             "vlm": vlm_probs,
-            "head": head_logits,
-            "emovlm_kd": gate(head_logits, vlm_probs),
+            "head": head_logits.softmax(-1),
+            "emovlm_kd": gate(head_logits, vlm_probs).softmax(-1),
         }
-    if len(samples) == 0:
-        raise UserError(f"the {split} split is empty; nothing to evaluate.")
-    result = {"split": split, "images": len(samples)}
-    result.update({name: classification_metrics(scores[name], labels, num_labels) for name in MODELS})
+    return Scores(samples, run.labels(samples), run.dataset.taxonomy.labels, probs, split)
+
+
+def summarize(scores: Scores, run: Run, own_data: bool = True) -> dict:
+    """The metrics file: per model accuracy, macro-F1, per-class scores, confusion, calibration;
+    and how the VLM's right answers overlap with the teacher's and the head's.
+
+    `own_data` says the images come from the run's own dataset, so that a split the gate
+    was trained on can be flagged.
+    """
+    correct = {name: scores.probs[name].argmax(-1) == scores.labels for name in MODELS}
+    data = run.config.data
+    result = {
+        "split": scores.split,
+        "images": len(scores.samples),
+        # Which dataset the numbers are on, so that `compare` can put the paper's beside them.
+        "dataset": data.dataset,
+        "data_root": str(data.root),
+        "taxonomy": run.dataset.taxonomy.name,
+        "preset": run.config.preset,
+        "labels": list(scores.class_names),
+        "gate_trained_on": run.config.gate.split,
+        "gate_saw_these_images": own_data and scores.split in (run.config.gate.split, ALL_SPLITS),
+    }
+    result.update(
+        {name: classification_report(scores.probs[name], scores.labels, scores.class_names) for name in MODELS}
+    )
+    result["complementarity"] = {
+        f"{first}_{second}": dict(
+            complementarity(correct[first], correct[second], correct["emovlm_kd"]), first=first, second=second
+        )
+        for first, second in PAIRS
+    }
     return result
+
+
+def evaluate_run(run: Run, split: str = "test") -> dict:
+    """Metrics of each model on `split`, from the run's artifacts and caches (see `summarize`)."""
+    return summarize(score_run(run, split), run)
+
+
+def prediction_records(scores: Scores) -> Iterator[dict]:
+    """One record per image: its path, true label, and each model's label and probabilities."""
+    names = scores.class_names
+    for index, sample in enumerate(scores.samples):
+        record = {"image": str(sample.path), "split": sample.split, "label": sample.label}
+        for model in MODELS:
+            probs = scores.probs[model][index]
+            record[model] = {
+                "label": names[int(probs.argmax())],
+                "probs": {name: float(p) for name, p in zip(names, probs)},
+            }
+        yield record
+
+
+def run_taxonomy_name(run: Run) -> str:
+    """The taxonomy the run was trained on, read from its teacher (its data need not exist)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(run.require("teacher"))
+    labels = tuple(config.id2label[i] for i in range(config.num_labels))
+    for taxonomy in TAXONOMIES.values():
+        if taxonomy.labels == labels:
+            return taxonomy.name
+    raise UserError(f"the teacher of {run.directory} has labels {', '.join(labels)}, which match no taxonomy.")
+
+
+def with_data(run: Run, root: str, dataset: str | None = None) -> Run:
+    """The same trained run, reading another dataset folder (or manifest) of its taxonomy."""
+    taxonomy = run_taxonomy_name(run)
+    if dataset is not None and get_dataset_preset(dataset).taxonomy != taxonomy:
+        raise UserError(
+            f"dataset {dataset} uses taxonomy {get_dataset_preset(dataset).taxonomy} but the run was "
+            f"trained on {taxonomy}; evaluate it on a dataset of the same classes."
+        )
+    data = dataclasses.replace(run.config.data, root=str(root), dataset=dataset, taxonomy=taxonomy)
+    return Run(dataclasses.replace(run.config, data=data), run.directory)
 
 
 def format_table(metrics: dict) -> str:
     lines = [
         f"{metrics['split']} split, {metrics['images']} images",
-        f"{'model':<20} {'accuracy':>9} {'macro-F1':>9}",
+        f"{'model':<20} {'accuracy':>9} {'macro-F1':>9} {'ECE':>7}",
     ]
     for name in MODELS:
         row = metrics[name]
-        lines.append(f"{MODEL_TITLES[name]:<20} {100 * row['accuracy']:>8.2f}% {100 * row['macro_f1']:>8.2f}%")
+        lines.append(
+            f"{MODEL_TITLES[name]:<20} {100 * row['accuracy']:>8.2f}% {100 * row['macro_f1']:>8.2f}% {row['ece']:>7.3f}"
+        )
     return "\n".join(lines)

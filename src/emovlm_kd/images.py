@@ -72,17 +72,19 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = 0,
+    max_aspect_ratio: float = 0,
 ) -> Image.Image:
     """Decode an image file (path or bytes) into an upright RGB image.
 
     EXIF orientation is applied, animations give their first frame, transparency is
     composited on white, and an image whose shorter side is below `min_side` is upscaled
     (keeping its aspect ratio) so that side is exactly `min_side`. Images above
-    `max_pixels` are refused from their header, before any pixel is decoded.
+    `max_pixels`, or longer than `max_aspect_ratio` times their width (0: no limit), are
+    refused from their header, before any pixel is decoded.
     Raises `ImageError` for every file that cannot be used.
     """
     name = _describe(source)
-    with _open(source, max_pixels) as opened:
+    with _open(source, max_pixels, max_aspect_ratio) as opened:
         try:
             # Decodes the first frame only; animated files stay on frame 0.
             opened.load()
@@ -168,8 +170,9 @@ def _describe(source: ImageSource) -> str:
     return f"image {os.fspath(source)}"
 
 
-# Opens lazily (header only) and refuses files that are empty, missing or too large.
-def _open(source: ImageSource, max_pixels: int) -> Image.Image:
+# Opens lazily (header only) and refuses files that are empty, missing, too large or too
+# elongated.
+def _open(source: ImageSource, max_pixels: int, max_aspect_ratio: float = 0) -> Image.Image:
     name = _describe(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
@@ -207,6 +210,13 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         opened.close()
         raise ImageError(f"{name} has no pixels ({width}x{height}); delete it or export it again.")
+    ratio = max(width, height) / min(width, height)
+    if max_aspect_ratio and ratio >= max_aspect_ratio:
+        opened.close()
+        raise ImageError(
+            f"{name} is {width}x{height} pixels, an aspect ratio of {ratio:.0f}:1, and the model reads images "
+            f"below {max_aspect_ratio:g}:1; crop it to a less elongated shape."
+        )
     return opened
 
 

@@ -3,6 +3,7 @@ label scoring, fused by the gate."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,15 @@ from emovlm_kd.images import ImageError, is_image_file
 from emovlm_kd.labels import Taxonomy
 from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.head import DistillHead
-from emovlm_kd.prompts import EXPLANATION_PROMPT, classification_answer, classification_prompt, first_sentence
+from emovlm_kd.prompts import (
+    EXPLANATION_PROMPT,
+    classification_answer,
+    classification_prompt,
+    first_sentence,
+)
 from emovlm_kd.run import Run, load_rgb
+
+log = logging.getLogger("emovlm_kd")
 
 
 @dataclass
@@ -82,7 +90,7 @@ class EmoVLMKD:
         inputs = self.adapter.encode(images, [self.prompt] * len(images))
         visual = self.adapter.visual_tokens(inputs)  # the one visual-encoder pass
         head_logits = self.head(visual.pooled().to(self.adapter.device))
-        vlm_probs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual).softmax(-1)
+        vlm_probs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual, include_shared=False).softmax(-1)
         fused = self.gate(head_logits, vlm_probs).softmax(-1).cpu()
         head_probs, vlm_probs = head_logits.softmax(-1).cpu(), vlm_probs.cpu()
         explanations = [None] * len(images)
@@ -121,7 +129,17 @@ class EmoVLMKD:
     def _flush(self, batch, explain) -> list[Prediction]:
         if not batch:
             return []
-        predictions = self.predict_images([image for _, image in batch], explain=explain)
+        try:
+            predictions = self.predict_images([image for _, image in batch], explain=explain)
+        except Exception as error:
+            if len(batch) > 1:
+                # One image the model cannot take must not cost the others their predictions.
+                return [prediction for item in batch for prediction in self._flush([item], explain)]
+            path = batch[0][0]
+            log.warning("%s could not be classified", path, exc_info=True)
+            reason = f"{type(error).__name__}: {str(error)[:200]}"
+            message = f"image {path} could not be classified ({reason}); check the image, or report this message."
+            return [Prediction(image=path, error=message)]
         for (path, _), prediction in zip(batch, predictions):
             prediction.image = path
         return predictions

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emovlm_kd import distributed
 from emovlm_kd.config import RunConfig, load_config
 from emovlm_kd.data.datasets import Dataset, Sample, load_dataset
 from emovlm_kd.errors import UserError
@@ -19,10 +20,11 @@ from emovlm_kd.io import atomic_write_text, read_json
 from emovlm_kd.models.registry import ModelPreset, resolve_vlm
 from emovlm_kd.models.tokenizers import cache_home
 
-STAGES = ("teacher", "instruct", "distill", "gate")
 CONFIG_FILE = "config.yaml"
 # Qwen2-VL's image processor needs at least 28 px (one merged patch) on each side.
 MIN_IMAGE_SIDE = 28
+# ... and refuses images whose longer side is 200 or more times the shorter one.
+MAX_ASPECT_RATIO = 200
 
 log = logging.getLogger("emovlm_kd")
 
@@ -51,8 +53,11 @@ class Run:
                     f"{directory} was trained with a different config ({', '.join(changed)} changed); "
                     "use a new --out folder, or pass --force to retrain it with the new settings."
                 )
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, config.to_yaml())
+        distributed.barrier()  # every rank has compared before rank 0 writes
+        if distributed.is_main():
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, config.to_yaml())
+        distributed.barrier()
         return cls(config, directory)
 
     @classmethod
@@ -122,7 +127,7 @@ class Run:
 
 
 def load_rgb(path) -> "Image.Image":  # noqa: F821 - PIL type for readers
-    return load_image(path, min_side=MIN_IMAGE_SIDE)
+    return load_image(path, min_side=MIN_IMAGE_SIDE, max_aspect_ratio=MAX_ASPECT_RATIO)
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

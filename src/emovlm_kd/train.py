@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from emovlm_kd.config import RunConfig
+from emovlm_kd import distributed
+from emovlm_kd.config import STAGES, RunConfig
 from emovlm_kd.errors import UserError
 from emovlm_kd.evaluation import evaluate_run
 from emovlm_kd.io import write_json
-from emovlm_kd.run import STAGES, Run, seed_everything
+from emovlm_kd.run import Run, seed_everything
 
 log = logging.getLogger("emovlm_kd")
 
@@ -41,7 +42,8 @@ def train(
     force: bool = False,
     evaluate: bool = True,
 ) -> tuple[Run, dict | None]:
-    """Run `stages` into the run folder `out`; returns the run and its test metrics (if evaluated).
+    """Run `stages` into the run folder `out`; returns the run and its test metrics (if evaluated;
+    on rank 0 only under a launcher).
 
     With `force`, the chosen stages are redone (and the config may differ from the saved one).
     """
@@ -50,9 +52,11 @@ def train(
         raise UserError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}.", exit_code=2)
     out = Path(out)
     if force and (out / "config.yaml").exists():
-        (out / "config.yaml").unlink()
+        distributed.barrier()
+        if distributed.is_main():
+            (out / "config.yaml").unlink()
     run = Run.create(config, out)
-    handler = _attach_log_file(out)
+    handler = _attach_log_file(out) if distributed.is_main() else logging.NullHandler()
     try:
         rerun: set[str] = set()
         for stage in STAGES:
@@ -64,16 +68,21 @@ def train(
             if run.is_done(stage) and not (force or upstream_rerun):
                 log.info("%s: done already (%s), skipping", stage, run.stage_dir(stage))
                 continue
+            distributed.barrier()  # every rank has decided before rank 0 changes anything
             # Marks the stage unfinished before any of its files change.
-            (run.stage_dir(stage) / "metrics.json").unlink(missing_ok=True)
+            if distributed.is_main():
+                (run.stage_dir(stage) / "metrics.json").unlink(missing_ok=True)
             seed_everything(config.seed)
             log.info("%s: starting", stage)
             _stage_function(stage)(run)
             rerun.add(stage)
         metrics = None
         if evaluate and all(run.is_done(stage) for stage in STAGES) and run.dataset.splits.get("test"):
-            metrics = evaluate_run(run, "test")
-            write_json(out / "metrics.json", metrics)
+            metrics = evaluate_run(run, "test")  # on every rank: it fills shared caches
+            if distributed.is_main():
+                write_json(out / "metrics.json", metrics)
+            else:
+                metrics = None
         return run, metrics
     finally:
         logging.getLogger("emovlm_kd").removeHandler(handler)

@@ -21,7 +21,13 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from emovlm_kd.errors import UserError
-from emovlm_kd.images import IMAGE_EXTENSIONS, ImageError, is_image_file, load_image, verify_image
+from emovlm_kd.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    is_image_file,
+    load_image,
+    verify_image,
+)
 from emovlm_kd.labels import TAXONOMIES, Taxonomy, get_taxonomy, guess_taxonomy
 
 SPLITS = ("train", "val", "test")

@@ -65,11 +65,12 @@ PRESETS: dict[str, ModelPreset] = {
             family="qwen2_vl",
             vlm="offline:bench-qwen2-vl",
             teacher=OFFLINE_EFFICIENTNET,
-            description="offline: random ~100M Qwen2-VL at 224 px for benchmarks, real Qwen2 tokenizer",
+            # 448 px gives 256 image tokens, about what Qwen2-VL makes of a typical FI photo.
+            description="offline: random ~115M Qwen2-VL at 448 px for benchmarks, real Qwen2 tokenizer",
             instruct_method="full",
-            image_pixels=(224 * 224, 224 * 224),
+            image_pixels=(448 * 448, 448 * 448),
             tiny_overrides={
-                "text": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
+                "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
                          "num_attention_heads": 8, "num_key_value_heads": 4,
                          "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
                                              "mrope_section": [8, 12, 12]}},

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from emovlm_kd.io import atomic_write_text, atomic_path
+from emovlm_kd.io import atomic_path, atomic_write_text
 
 
 class SavableModule(nn.Module):

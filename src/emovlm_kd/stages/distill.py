@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from emovlm_kd import distributed
 from emovlm_kd.io import write_json
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.head import DistillHead, HeadConfig
@@ -67,9 +68,12 @@ def train_distill(run: Run) -> dict:
     teacher, processor = load_teacher(str(run.require("teacher")), run.dataset.taxonomy.labels)
     features = split_features(run)
     train = run.dataset.split("train")
-    head, history = train_head(
-        features["train"], teacher_logits(run, teacher, processor, train), run.labels(train), config, run.config.seed
-    )
+    targets = teacher_logits(run, teacher, processor, train)
+    # Caching above is shared by every rank; the head itself trains in seconds, on rank 0.
+    if not distributed.is_main():
+        distributed.barrier()
+        return {}
+    head, history = train_head(features["train"], targets, run.labels(train), config, run.config.seed)
     head.save_pretrained(run.stage_dir("distill"))
     metrics = {"parameters": sum(p.numel() for p in head.parameters()), "history": history}
     with torch.no_grad():
@@ -77,4 +81,5 @@ def train_distill(run: Run) -> dict:
             metrics[f"{split}_accuracy"] = accuracy(head(values), run.labels(run.dataset.splits[split]))
     log.info("distill: head val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
     write_json(run.stage_dir("distill") / "metrics.json", metrics)
+    distributed.barrier()
     return metrics

@@ -50,16 +50,19 @@ def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.T
 
 
 def vlm_scores(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
-    """[N, K] log-likelihood of each label's full answer under the tuned VLM."""
+    """[N, K] log-likelihood of each label's answer under the tuned VLM, up to a per-image
+    constant (the answers' shared opening), which a softmax over labels removes."""
     taxonomy = run.dataset.taxonomy
     prompt = classification_prompt(taxonomy)
     answers = [classification_answer(label) for label in taxonomy.labels]
     weights = sorted(run.stage_dir("instruct").glob("**/*.safetensors"))
-    key = file_fingerprint(*weights, base=run.preset.vlm, seed=run.config.seed, prompt=prompt, answers=answers)
+    key = file_fingerprint(
+        *weights, base=run.preset.vlm, seed=run.config.seed, prompt=prompt, answers=answers, scoring="own-tokens"
+    )
     cache = TensorCache(run.cache_root, "vlm_scores", key)
 
     def compute(batch: list[Sample]) -> torch.Tensor:
         inputs = adapter.encode([load_rgb(sample.path) for sample in batch], [prompt] * len(batch))
-        return adapter.answer_logprobs(inputs, answers).float().cpu()
+        return adapter.answer_logprobs(inputs, answers, include_shared=False).float().cpu()
 
     return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "VLM label scores")

@@ -11,6 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from emovlm_kd import distributed
 from emovlm_kd.io import write_json
 from emovlm_kd.models.gate import Gate, GateConfig
 from emovlm_kd.models.head import DistillHead
@@ -63,6 +64,10 @@ def train_gate(run: Run) -> dict:
 
         raise UserError(f"gate.split={config.split!r} has no images; use train or val.")
     labels = run.labels(run.dataset.splits[config.split])
+    # Caching above is shared by every rank; the gate itself trains in seconds, on rank 0.
+    if not distributed.is_main():
+        distributed.barrier()
+        return {}
     gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed)
     gate.save_pretrained(run.stage_dir("gate"))
     metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
@@ -71,4 +76,5 @@ def train_gate(run: Run) -> dict:
             metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_probs), run.labels(run.dataset.splits[split]))
     log.info("gate: val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
     write_json(run.stage_dir("gate") / "metrics.json", metrics)
+    distributed.barrier()
     return metrics

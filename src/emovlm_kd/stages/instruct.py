@@ -15,11 +15,17 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from emovlm_kd import distributed
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
 from emovlm_kd.io import write_json
 from emovlm_kd.models.registry import load_vlm
-from emovlm_kd.prompts import INFERENCE_PROMPT, OBSERVATION_PROMPT, classification_answer, classification_prompt
+from emovlm_kd.prompts import (
+    INFERENCE_PROMPT,
+    OBSERVATION_PROMPT,
+    classification_answer,
+    classification_prompt,
+)
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.hf_trainer import training_arguments
 
@@ -153,10 +159,8 @@ def train_instruct(run: Run) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
     trainer.train()
     model.eval()
-    if method == "full":
-        model.save_pretrained(stage_dir / "model")
-    else:
-        model.save_pretrained(stage_dir / "adapter")
+    if distributed.is_main():
+        model.save_pretrained(stage_dir / ("model" if method == "full" else "adapter"))
     metrics = {
         "method": method,
         "examples": summary,
@@ -164,7 +168,9 @@ def train_instruct(run: Run) -> dict:
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
         "log_history": trainer.state.log_history,
     }
-    write_json(stage_dir / "metrics.json", metrics)
+    if distributed.is_main():
+        write_json(stage_dir / "metrics.json", metrics)
+    distributed.barrier()
     return metrics
 
 

@@ -8,8 +8,14 @@ import random
 import torch
 from transformers import Trainer
 
+from emovlm_kd import distributed
 from emovlm_kd.io import write_json
-from emovlm_kd.models.teacher import load_teacher, save_teacher, teacher_image_size, train_augment
+from emovlm_kd.models.teacher import (
+    load_teacher,
+    save_teacher,
+    teacher_image_size,
+    train_augment,
+)
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.features import teacher_logits
 from emovlm_kd.stages.hf_trainer import training_arguments
@@ -49,7 +55,9 @@ def train_teacher(run: Run) -> dict:
     log.info("teacher: fine-tuning %s on %d images for %s epochs", name, len(train), config.epochs)
     trainer.train()
     model.eval()
-    save_teacher(model, processor, stage_dir)
+    if distributed.is_main():
+        save_teacher(model, processor, stage_dir)
+    distributed.barrier()
 
     metrics = {"model": name, "image_size": size, "train_images": len(train)}
     for split in ("val", "test"):
@@ -58,5 +66,6 @@ def train_teacher(run: Run) -> dict:
             logits = teacher_logits(run, model, processor, samples)
             metrics[f"{split}_accuracy"] = accuracy(logits, run.labels(samples))
     metrics["log_history"] = trainer.state.log_history
-    write_json(stage_dir / "metrics.json", metrics)
+    if distributed.is_main():
+        write_json(stage_dir / "metrics.json", metrics)
     return metrics

@@ -13,9 +13,14 @@ from emovlm_kd.errors import UserError
 # (module, one-line help); each module has `register(subparsers, help)`.
 COMMAND_GROUPS = [
     ("data", "inspect datasets and build the offline sample dataset"),
+    ("annotate", "generate instruction data (key elements, reasoning) with a multimodal model"),
     ("train", "run the training stages (teacher, instruct, distill, gate) from a config"),
     ("predict", "predict the emotion of image files or folders with a trained run"),
-    ("evaluate", "score a trained run on a dataset split (accuracy, macro-F1 per model)"),
+    ("evaluate", "score a trained run on a split: metrics, predictions, report with plots, efficiency"),
+    ("compare", "print a metrics file's accuracy beside the paper's numbers for its dataset"),
+    ("ablate", "sweep head depth, alpha, temperature and gate variant on a run's cached features"),
+    ("serve", "serve a trained run over HTTP: classify API, OpenAI-compatible chat, web page"),
+    ("bench", "benchmark inference and stage 2+3 training against the reference pipeline"),
     ("presets", "list the model presets and the dataset presets"),
     ("demo", "build the sample dataset and run every stage on the offline presets"),
 ]
@@ -43,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Under a launcher only rank 0 reports progress; the others speak up on problems only.
+    quiet_rank = int(os.environ.get("RANK", "0")) != 0
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING if quiet_rank else logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emovlm_kd.run import STAGES
+from emovlm_kd.config import STAGES
 
 
 def register(subparsers, help_text: str) -> None:
@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     _, metrics = train(config, args.out, tuple(args.stage or STAGES), force=args.force)
     if metrics:
         print(format_table(metrics))
-    print(f"run folder: {args.out}")
+        print(f"run folder: {args.out}")
     return 0

@@ -86,11 +86,17 @@ class VLMAdapter(ABC):
 
     @abstractmethod
     def answer_logprobs(
-        self, inputs: dict[str, torch.Tensor], answers: list[str], visual: VisualTokens | None = None
+        self,
+        inputs: dict[str, torch.Tensor],
+        answers: list[str],
+        visual: VisualTokens | None = None,
+        include_shared: bool = True,
     ) -> torch.Tensor:
-        """[B, K] log-likelihood of each full answer (with its end-of-turn token) given each prompt.
+        """[B, K] log-likelihood of every token of each answer given each prompt.
 
-        The prompt and image are encoded once per image; the K continuations reuse its KV cache.
+        The prompt and image are encoded once per image; the K continuations reuse its KV
+        cache. With `include_shared=False` the tokens all answers start with are left out:
+        a per-image constant, so a softmax over the K answers is unchanged, for less work.
         """
 
     @abstractmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from PIL import Image
 
 from emovlm_kd.models.vlm.base import VisualTokens, VLMAdapter
 
@@ -18,7 +17,9 @@ class Qwen2VLAdapter(VLMAdapter):
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: torch.dtype, quantize_4bit: bool = False):
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
 
         kwargs = {"dtype": dtype}
         if quantize_4bit:
@@ -61,7 +62,9 @@ class Qwen2VLAdapter(VLMAdapter):
     @classmethod
     def tiny(cls, seed: int = 0, image_pixels: tuple[int, int] = (112 * 112, 224 * 224), **overrides):
         from transformers import Qwen2VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
 
         from emovlm_kd.models.tokenizers import qwen2_tokenizer
 
@@ -87,6 +90,16 @@ class Qwen2VLAdapter(VLMAdapter):
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an assistant answer, closed by the end-of-turn token."""
         return self.tokenizer(answer + IM_END, add_special_tokens=False).input_ids
+
+    def scored_answer_ids(self, answers: list[str]) -> tuple[list[list[int]], int]:
+        """Token ids of each answer as scored, and how many leading tokens all share."""
+        answer_ids = [self.tokenizer(answer, add_special_tokens=False).input_ids for answer in answers]
+        if len({tuple(ids) for ids in answer_ids}) != len(answers):
+            raise ValueError("answers must be distinct")
+        shared = 0
+        while all(len(ids) > shared + 1 for ids in answer_ids) and len({ids[shared] for ids in answer_ids}) == 1:
+            shared += 1
+        return answer_ids, shared
 
     def encode_images(self, images):
         processed = self.image_processor(images=list(images), return_tensors="pt")
@@ -159,30 +172,24 @@ class Qwen2VLAdapter(VLMAdapter):
         return positions, positions.amax(dim=(0, 2)) + 1
 
     @torch.no_grad()
-    def answer_logprobs(self, inputs, answers, visual=None):
+    def answer_logprobs(self, inputs, answers, visual=None, include_shared=True):
         inputs = self._to_device({k: v for k, v in inputs.items() if k != "labels"})
         if visual is None:
             visual = self.visual_tokens(inputs)
         batch, num_answers = inputs["input_ids"].shape[0], len(answers)
-        answer_ids = [self.answer_ids(answer) for answer in answers]
-        if len({tuple(ids) for ids in answer_ids}) != num_answers:
-            raise ValueError("answers must be distinct")
-        # Tokens every answer starts with ("{'emotion':" ...) are appended to the prompt and
-        # scored once; the rest (the label and its end) are scored per answer from the cache.
-        shared = 0
-        while all(len(ids) > shared + 1 for ids in answer_ids) and len(
-            {ids[shared] for ids in answer_ids}
-        ) == 1:
-            shared += 1
+        # Tokens every answer starts with ("{'", "emotion", "':", " '") are appended to the
+        # prompt; the rest of each answer is scored from the prompt's KV cache.
+        answer_ids, shared = self.scored_answer_ids(answers)
         prefix = torch.tensor(answer_ids[0][:shared], dtype=torch.long, device=self.device)
         input_ids = torch.cat([inputs["input_ids"], prefix.expand(batch, shared)], dim=1)
-        attention_mask = torch.cat(
-            [inputs["attention_mask"], torch.ones_like(input_ids[:, :shared])], dim=1
-        )
+        attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(input_ids[:, :shared])], dim=1)
         mm_types = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(input_ids[:, :shared])], dim=1)
         extended = dict(inputs, input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types)
         positions, next_position = self._next_positions(extended)
 
+        # The shared tokens' log-probability is the same for every answer: needed for exact
+        # log-likelihoods, not for the answers' probabilities relative to each other.
+        kept = shared + 1 if include_shared else 1
         output = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -191,19 +198,20 @@ class Qwen2VLAdapter(VLMAdapter):
             image_grid_thw=inputs["image_grid_thw"],
             mm_encoder_outputs={"image": visual.encoder_output},
             use_cache=True,
-            logits_to_keep=shared + 1,
+            logits_to_keep=kept,
         )
-        # [B, shared+1, V]: predictions for the shared tokens, then for each answer's first own token.
+        # [B, kept, V]: predictions for the shared tokens (if kept), then each answer's first own token.
         logprobs = output.logits.float().log_softmax(-1)
-        shared_score = logprobs[:, :shared].gather(-1, prefix.expand(batch, shared)[..., None]).sum((1, 2))
         first_tokens = torch.tensor([ids[shared] for ids in answer_ids], device=self.device)
-        scores = logprobs[:, shared, first_tokens] + shared_score[:, None]  # [B, K]
+        scores = logprobs[:, -1, first_tokens]  # [B, K]
+        if include_shared:
+            shared_targets = prefix.expand(batch, shared)[..., None]
+            scores = scores + logprobs[:, :shared].gather(-1, shared_targets).sum((1, 2))[:, None]
 
-        tails = [ids[shared + 1 :] for ids in answer_ids]
-        length = max(len(tail) for tail in tails)
+        length = max(len(ids) for ids in answer_ids) - shared - 1
         if length == 0:
             return scores
-        # Feed each answer's tokens but the last; they predict the answer's later tokens.
+        # Feed each answer's own tokens but the last; they predict the answer's later tokens.
         feed = torch.full((num_answers, length), self.tokenizer.pad_token_id, dtype=torch.long)
         targets = torch.zeros((num_answers, length), dtype=torch.long)
         valid = torch.zeros((num_answers, length), dtype=torch.bool)
@@ -220,18 +228,19 @@ class Qwen2VLAdapter(VLMAdapter):
         # Right padding of the continuation is harmless: a causal model never lets a real
         # token see the padding after it, and padded positions are not scored.
         position_ids = (next_position.repeat_interleave(num_answers)[:, None] + steps).expand(3, -1, -1)
-        continuation = self.model(
+        hidden = self.model.model(
             input_ids=feed,
-            attention_mask=torch.cat(
-                [attention_mask.repeat_interleave(num_answers, dim=0), torch.ones_like(feed)], dim=1
-            ),
+            attention_mask=torch.cat([attention_mask.repeat_interleave(num_answers, dim=0), torch.ones_like(feed)], dim=1),
             position_ids=position_ids,
             cache=cache,
-            use_cache=True,
-        )
-        token_scores = continuation.logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-        tail_scores = (token_scores * valid).sum(-1).view(batch, num_answers)
-        return scores + tail_scores
+            use_cache=False,
+        ).last_hidden_state  # [B*K, L, H]
+        # The vocabulary projection, the costly part, only where a token is scored.
+        token_scores = self.model.lm_head(hidden[valid]).float().log_softmax(-1)  # [M, V]
+        token_scores = token_scores.gather(-1, targets[valid][:, None])[:, 0]  # [M]
+        rows = torch.arange(batch * num_answers, device=self.device)[:, None].expand_as(valid)[valid]
+        tail_scores = torch.zeros(batch * num_answers, device=self.device).index_add_(0, rows, token_scores)
+        return scores + tail_scores.view(batch, num_answers)
 
     # ---- generation -------------------------------------------------------------------
 

@@ -1,0 +1,33 @@
+"""The stage-0 request: show the image and its true label, ask for key elements and reasoning.
+
+The categories listed are the dataset's own taxonomy (the reference listed Mikels' 8 for
+every dataset). The answer must not name the label, so that the inference task teaches
+the VLM to reason towards an emotion instead of copying one.
+"""
+
+from __future__ import annotations
+
+from emovlm_kd.labels import Taxonomy
+
+ANNOTATION_SYSTEM_PROMPT = (
+    "You are an expert in visual emotion analysis. You see one image and explain, "
+    "from what is visible in it, which emotion it evokes in a viewer."
+)
+
+KEY_ELEMENTS_HEADING = "Key elements"
+REASONING_HEADING = "Reasoning"
+
+
+def annotation_prompt(label: str, taxonomy: Taxonomy) -> str:
+    """The user message for one image whose true label is `label`."""
+    return (
+        f"This image comes from a dataset whose images are labelled with one of {len(taxonomy)} "
+        f"emotion categories: {', '.join(taxonomy.labels)}. This image's label is \"{label}\".\n\n"
+        "Answer in exactly two sections, with these headings:\n"
+        f"{KEY_ELEMENTS_HEADING}: the objects, people, facial expressions, colours, lighting, "
+        "composition and context in the image that could evoke an emotion, as a short list.\n"
+        f"{REASONING_HEADING}: a few sentences on how those key elements lead a viewer to feel "
+        "the labelled emotion.\n\n"
+        f"Never write the word \"{label}\" or any form or synonym of it, and do not name any of "
+        "the categories: describe and reason, but leave the emotion itself unsaid."
+    )

@@ -1,0 +1,108 @@
+"""`emovlm-kd annotate --check`: what an annotation file holds and what training will use."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emovlm_kd.annotate.records import read_records, run_settings_path
+from emovlm_kd.data.annotations import annotation_flags
+from emovlm_kd.errors import UserError
+from emovlm_kd.labels import Taxonomy, get_taxonomy, guess_taxonomy
+
+
+@dataclass
+class AnnotationSummary:
+    path: Path
+    taxonomy: Taxonomy
+    records: int = 0
+    flagged: int = 0
+    by_reason: Counter = field(default_factory=Counter)
+    # label -> [records, flagged]
+    by_label: dict[str, list[int]] = field(default_factory=dict)
+    models: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+    torn_tail_bytes: int = 0
+
+    @property
+    def usable(self) -> int:
+        return self.records - self.flagged
+
+
+def summarise_annotations(path: str | Path, taxonomy: str | None = None) -> AnnotationSummary:
+    """Count an annotation file's records, usable and flagged (by reason and label).
+
+    Flags are those stored with each record plus the checks run again here, so files
+    written by hand or by older versions are judged the same way training judges them.
+    The taxonomy is `taxonomy`, else the one the writing run saved beside the file, else
+    guessed from the labels.
+    """
+    path = Path(path)
+    read = read_records(path)
+    if not read.records and read.torn_tail:
+        raise UserError(
+            f"{path} holds no annotation records; pass a JSONL file written by `emovlm-kd annotate`."
+        )
+    chosen = get_taxonomy(taxonomy or _taxonomy_of_run(path) or _guess(read.records))
+    summary = AnnotationSummary(path, chosen, torn_tail_bytes=len(read.torn_tail))
+    summary.by_label = {label: [0, 0] for label in chosen.labels}
+    seen: set[str] = set()
+    for record in read.records:
+        label = chosen.normalise(str(record["label"]))
+        key_elements, reasoning = str(record.get("key_elements") or ""), str(record.get("reasoning") or "")
+        stored = record.get("flags") or []
+        flags = tuple(dict.fromkeys([*map(str, stored), *annotation_flags(label, key_elements, reasoning, chosen)]))
+        summary.duplicates += record["image"] in seen
+        seen.add(record["image"])
+        summary.records += 1
+        summary.by_label[label][0] += 1
+        summary.models[str(record.get("model") or "unknown")] += 1
+        if flags:
+            summary.flagged += 1
+            summary.by_label[label][1] += 1
+            summary.by_reason.update(flags)
+    return summary
+
+
+def _taxonomy_of_run(path: Path) -> str | None:
+    # The run that wrote the file saved its settings beside it (see runner.annotate_dataset).
+    settings = run_settings_path(path)
+    try:
+        return json.loads(settings.read_text(encoding="utf-8"))["taxonomy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _guess(records: list[dict]) -> str:
+    labels = sorted({str(record["label"]) for record in records})
+    return guess_taxonomy(labels).name if labels else "mikels8"
+
+
+def format_summary(summary: AnnotationSummary) -> str:
+    lines = [
+        f"{summary.path}: {summary.records} records ({summary.taxonomy.name}), {summary.usable} usable for training, "
+        f"{summary.flagged} flagged (left out of training unless instruct.include_flagged=true)"
+    ]
+    if summary.by_reason:
+        lines.append("flagged by reason:")
+        width = max(map(len, summary.by_reason))
+        lines += [f"  {reason:<{width}}  {count}" for reason, count in summary.by_reason.most_common()]
+    lines.append("per label:")
+    width = max(len("label"), *map(len, summary.by_label))
+    lines.append(f"  {'label':<{width}}  records  usable  flagged")
+    for label, (records, flagged) in summary.by_label.items():
+        lines.append(f"  {label:<{width}}  {records:>7}  {records - flagged:>6}  {flagged:>7}")
+    if summary.models:
+        lines.append("models: " + ", ".join(f"{model} ({count})" for model, count in summary.models.most_common()))
+    if summary.duplicates:
+        lines.append(
+            f"{summary.duplicates} record(s) repeat an image already in the file; training uses the last one of each."
+        )
+    if summary.torn_tail_bytes:
+        lines.append(
+            f"the last line is cut short ({summary.torn_tail_bytes} bytes, an interrupted write); "
+            "the next `emovlm-kd annotate` run on this file removes it and redoes that image."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,327 @@
+"""`emovlm-kd bench`: our pipeline against the reference pipeline, same model, same images.
+
+The reference way (the public implementation, re-enacted here on our models):
+- batch 1;
+- the VLM's answer is sampled (temperature 0.8) and parsed into a one-hot vector;
+- the visual encoder runs a second time, for the head;
+- gate training regenerates the VLM's answers for every image in every epoch;
+- distillation recomputes encoder features (and teacher logits) in every epoch.
+Our way: exact label scoring from one shared visual pass, batched, with caches.
+
+Every figure is a ratio of two timings taken in the same process on the same inputs,
+each the median of several runs, so a shared, noisy machine still gives stable numbers.
+Weights are random: speed does not depend on what a model has learnt.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+TARGETS = {
+    "inference_speedup_batch1": (">=", 2.0),
+    "inference_speedup_batched": (">=", 2.5),
+    "floor_ratio": ("<=", 1.10),
+    "stage23_train_speedup": (">=", 10.0),
+}
+HEAD_EPOCHS, GATE_EPOCHS = 5, 10
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "bench"
+    images: int = 16
+    repeats: int = 5
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    # Images for the stage 2+3 training comparison (the reference regenerates per epoch).
+    train_images: int = 16
+    seed: int = 0
+    threads: int = field(default_factory=torch.get_num_threads)
+
+
+def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
+    """Deterministic RGB images with structure (gradients and noise), all one size."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    images = []
+    for _ in range(count):
+        base = rng.uniform(0, 1, 3)[None, None, :] * (ramp[:, None, None] + ramp[None, :, None]) / 2
+        noise = rng.normal(0, 25, (size, size, 3))
+        images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
+    return images
+
+
+def median_time(function, repeats: int) -> float:
+    """Median wall time of `function()` over `repeats` runs, after one warm-up run."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+class Models:
+    """The preset's VLM with a (random) head, gate and teacher, as a run would hold them."""
+
+    def __init__(self, preset_name: str, seed: int):
+        from emovlm_kd.labels import EMOTION6
+        from emovlm_kd.models.gate import Gate, GateConfig
+        from emovlm_kd.models.head import DistillHead, HeadConfig
+        from emovlm_kd.models.registry import get_preset, load_vlm
+        from emovlm_kd.models.teacher import load_teacher
+        from emovlm_kd.pipeline import EmoVLMKD
+
+        preset = get_preset(preset_name)
+        torch.manual_seed(seed)
+        adapter = load_vlm(preset, seed=seed)
+        self.taxonomy = EMOTION6
+        head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
+        gate = Gate(GateConfig(num_labels=len(EMOTION6)))
+        self.pipeline = EmoVLMKD(adapter, head, gate, EMOTION6)
+        self.adapter, self.head, self.gate = adapter, head.eval(), gate.eval()
+        self.teacher, self.teacher_processor = load_teacher(preset.teacher, EMOTION6.labels, seed=seed)
+        self.teacher.eval()
+        self.preset = preset
+        longest = max(len(ids) for ids in adapter.scored_answer_ids(self.pipeline.answers)[0])
+        # A tuned model stops after its answer; random weights would not, so the reference
+        # is allowed exactly the longest answer plus its end token (in its favour).
+        self.answer_budget = longest + 1
+
+    # ---- the reference way ------------------------------------------------------------
+
+    @torch.no_grad()
+    def reference_vlm_onehot(self, image: Image.Image) -> torch.Tensor:
+        """Sample an answer at temperature 0.8 and parse it; unparsable gives all zeros."""
+        inputs = self.adapter.encode([image], [self.pipeline.prompt])
+        output = self.adapter.model.generate(
+            **{k: v for k, v in inputs.items()},
+            do_sample=True,
+            temperature=0.8,
+            max_new_tokens=self.answer_budget,
+            min_new_tokens=self.answer_budget,
+            pad_token_id=self.adapter.tokenizer.pad_token_id,
+        )
+        text = self.adapter.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        onehot = torch.zeros(len(self.taxonomy))
+        match = re.search(r"'emotion':\s*'(\w+)'", text)
+        if match and match.group(1) in self.taxonomy.labels:
+            onehot[self.taxonomy.labels.index(match.group(1))] = 1
+        return onehot
+
+    @torch.no_grad()
+    def reference_head_logits(self, image: Image.Image) -> torch.Tensor:
+        """The second visual-encoder pass, for the head."""
+        return self.head(self.adapter.visual_tokens(self.adapter.encode_images([image])).pooled())
+
+    @torch.no_grad()
+    def reference_predict(self, image: Image.Image) -> torch.Tensor:
+        vlm = self.reference_vlm_onehot(image)[None]
+        return self.gate(self.reference_head_logits(image), vlm).softmax(-1)
+
+    @torch.no_grad()
+    def teacher_logits(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.teacher_processor(images=images, return_tensors="pt")["pixel_values"]
+        return self.teacher(pixel_values=pixels).logits
+
+    # ---- the floor --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def bare_forward(self, images: list[Image.Image]) -> None:
+        """One forward of prompt + image, keeping the last position's logits: the least any
+        prediction from the VLM costs."""
+        inputs = self.adapter.encode(images, [self.pipeline.prompt] * len(images))
+        self.adapter.model(**inputs, logits_to_keep=1)
+
+
+def inference_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
+    def reference():
+        for image in images:
+            models.reference_predict(image)
+
+    def ours(batch_size: int):
+        def run():
+            for start in range(0, len(images), batch_size):
+                models.pipeline.predict_images(images[start : start + batch_size])
+
+        return run
+
+    def floor(batch_size: int):
+        def run():
+            for start in range(0, len(images), batch_size):
+                models.bare_forward(images[start : start + batch_size])
+
+        return run
+
+    count = len(images)
+    per_image = {"reference_batch1": median_time(reference, config.repeats) / count}
+    for batch_size in config.batch_sizes:
+        per_image[f"ours_batch{batch_size}"] = median_time(ours(batch_size), config.repeats) / count
+    best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
+    per_image[f"floor_batch{best}"] = median_time(floor(best), config.repeats) / count
+    return {
+        "seconds_per_image": per_image,
+        "best_batch_size": best,
+        "images_per_second_best": 1 / per_image[f"ours_batch{best}"],
+        "inference_speedup_batch1": per_image["reference_batch1"] / per_image["ours_batch1"],
+        "inference_speedup_batched": per_image["reference_batch1"] / per_image[f"ours_batch{best}"],
+        "floor_ratio": per_image[f"ours_batch{best}"] / per_image[f"floor_batch{best}"],
+    }
+
+
+def training_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
+    """Stages 2 and 3 on N images: the reference recomputes, we cache (building included)."""
+    from emovlm_kd.config import DistillStageConfig, GateStageConfig
+    from emovlm_kd.losses import distillation_loss
+    from emovlm_kd.stages.distill import train_head
+    from emovlm_kd.stages.gate import train_gate_module
+
+    labels = torch.arange(len(images)) % len(models.taxonomy)
+    head_config = DistillStageConfig(epochs=HEAD_EPOCHS, batch_size=1)
+    gate_config = GateStageConfig(epochs=GATE_EPOCHS, batch_size=1)
+
+    def reference():
+        head = models.head.train()
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-5)
+        for _ in range(HEAD_EPOCHS):  # features and teacher logits recomputed each epoch
+            for index, image in enumerate(images):
+                with torch.no_grad():
+                    pooled = models.adapter.visual_tokens(models.adapter.encode_images([image])).pooled()
+                    teacher = models.teacher_logits([image])
+                loss = distillation_loss(head(pooled), teacher, labels[index : index + 1])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        head.eval()
+        gate = models.gate.train()
+        optimizer = torch.optim.Adam(gate.parameters(), lr=1e-4)
+        for _ in range(GATE_EPOCHS):  # VLM answers regenerated for every image, every epoch
+            for index, image in enumerate(images):
+                with torch.no_grad():
+                    vlm = models.reference_vlm_onehot(image)[None]
+                    head_logits = models.reference_head_logits(image)
+                loss = torch.nn.functional.cross_entropy(gate(head_logits, vlm), labels[index : index + 1])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        gate.eval()
+
+    def ours():
+        batch_size = max(config.batch_sizes)
+        features, teacher, scores = [], [], []
+        with torch.no_grad():  # the caches: one visual pass per image, batched
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                inputs = models.adapter.encode(batch, [models.pipeline.prompt] * len(batch))
+                visual = models.adapter.visual_tokens(inputs)
+                features.append(visual.pooled())
+                answers = models.pipeline.answers
+                scores.append(models.adapter.answer_logprobs(inputs, answers, visual, include_shared=False))
+                teacher.append(models.teacher_logits(batch))
+        features, teacher, probs = torch.cat(features), torch.cat(teacher), torch.cat(scores).softmax(-1)
+        head, _ = train_head(features, teacher, labels, head_config, config.seed)
+        with torch.no_grad():
+            head_logits = head(features)
+        train_gate_module(head_logits, probs, labels, gate_config, len(models.taxonomy), config.seed)
+
+    # One run each: the reference takes minutes, and its epochs repeat identical work.
+    reference_seconds = median_time(reference, 1)
+    ours_seconds = median_time(ours, 1)
+    return {
+        "train_images": len(images),
+        "reference_seconds": reference_seconds,
+        "ours_seconds": ours_seconds,
+        "stage23_train_speedup": reference_seconds / ours_seconds,
+    }
+
+
+_MEMORY_PROBE = """
+import json, resource, sys, torch
+from emovlm_kd.apps.bench import Models, bench_images
+mode, preset, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+models = Models(preset, 0)
+images = bench_images(count, 1)
+with torch.no_grad():
+    if mode == "emovlm_kd":
+        del models.teacher
+        models.pipeline.predict_images(images)
+    else:
+        inputs = models.adapter.encode(images, [models.pipeline.prompt] * len(images))
+        models.adapter.answer_logprobs(inputs, models.pipeline.answers)
+        models.teacher_logits(images)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def memory_figures(models: Models, config: BenchConfig) -> dict:
+    """Peak memory of EmoVLM-KD inference vs the VLM and the teacher deployed together.
+
+    Each is measured in a fresh process (peak resident memory on CPU, peak allocated on GPU).
+    """
+    peaks = {}
+    for mode in ("emovlm_kd", "dual"):
+        result = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, mode, config.preset, str(min(config.images, 8))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[mode] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    vlm_params = sum(p.numel() for p in models.adapter.model.parameters())
+    overhead = sum(p.numel() for p in models.head.parameters()) + sum(p.numel() for p in models.gate.parameters())
+    return {
+        "peak_memory_mb": peaks,
+        "memory_ratio_vs_dual": peaks["emovlm_kd"] / peaks["dual"],
+        "vlm_parameters": vlm_params,
+        "teacher_parameters": sum(p.numel() for p in models.teacher.parameters()),
+        "head_gate_parameters": overhead,
+        "head_gate_param_overhead_pct": 100 * overhead / vlm_params,
+    }
+
+
+def run_bench(config: BenchConfig, progress=print) -> dict:
+    """Every figure of the benchmark, with the targets and whether each is met."""
+    torch.set_num_threads(config.threads)
+    models = Models(config.preset, config.seed)
+    images = bench_images(config.images, config.seed)
+    progress(f"bench: {config.preset} preset, {sum(p.numel() for p in models.adapter.model.parameters()) / 1e6:.0f}M "
+             f"parameters, {config.images} images, {config.repeats} repeats, {config.threads} threads")
+    result = {"config": asdict(config), "machine": {
+        "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu"}}
+    progress("bench: inference ...")
+    result.update(inference_figures(models, images, config))
+    progress("bench: stage 2+3 training ...")
+    result.update(training_figures(models, images[: config.train_images], config))
+    progress("bench: memory ...")
+    result.update(memory_figures(models, config))
+    result["targets"] = {key: {"target": f"{op} {value}", "met": _meets(result[key], op, value)}
+                         for key, (op, value) in TARGETS.items()}
+    return result
+
+
+def _meets(value: float, op: str, target: float) -> bool:
+    return value >= target if op == ">=" else value <= target
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"{'figure':<32} {'value':>10}  target"]
+    for key in ("inference_speedup_batch1", "inference_speedup_batched", "floor_ratio", "stage23_train_speedup"):
+        target = result["targets"][key]
+        lines.append(f"{key:<32} {result[key]:>10.2f}  {target['target']} ({'met' if target['met'] else 'NOT met'})")
+    lines.append(f"{'memory_ratio_vs_dual':<32} {result['memory_ratio_vs_dual']:>10.2f}  (reported)")
+    lines.append(f"{'head_gate_param_overhead_pct':<32} {result['head_gate_param_overhead_pct']:>10.3f}  (reported)")
+    lines.append(f"{'images_per_second (best batch)':<32} {result['images_per_second_best']:>10.2f}  "
+                 f"(batch {result['best_batch_size']})")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""`emovlm-kd annotate`: instruction data for the training images, or `--check` an annotation file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+
+from emovlm_kd.annotate.config import AnnotateConfig
+from emovlm_kd.errors import UserError
+
+# How many failures are named one by one before the rest are only counted.
+_NAMED_FAILURES = 20
+
+
+def register(subparsers, help_text: str) -> None:
+    parser = subparsers.add_parser(
+        "annotate",
+        help=help_text,
+        description=f"{help_text}. Records are appended as they arrive; rerun the same command to resume.",
+    )
+    parser.add_argument(
+        "--check", metavar="FILE", help="summarise an annotation file (records, flagged by reason, per label) and exit"
+    )
+    # Every setting of AnnotateConfig is a flag: --base-url, --max-retries, ...
+    hints = typing.get_type_hints(AnnotateConfig)
+    for setting in dataclasses.fields(AnnotateConfig):
+        kind = next((t for t in typing.get_args(hints[setting.name]) if t is not type(None)), hints[setting.name])
+        default = "" if setting.default is None else f" (default: {setting.default})"
+        parser.add_argument(
+            "--" + setting.name.replace("_", "-"),
+            type=kind,
+            default=setting.default,
+            choices=setting.metadata.get("choices"),
+            metavar=setting.metadata.get("metavar"),
+            help=setting.metadata["help"] + default,
+        )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check:
+        from emovlm_kd.annotate.summary import format_summary, summarise_annotations
+
+        print(format_summary(summarise_annotations(args.check, taxonomy=args.taxonomy)))
+        return 0
+
+    from emovlm_kd.annotate.runner import annotate_dataset
+
+    if not args.verbose:
+        # The HTTP client logs every request at INFO; one line per image drowns the summary.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    config = AnnotateConfig(
+        **{setting.name: getattr(args, setting.name) for setting in dataclasses.fields(AnnotateConfig)}
+    )
+    report = annotate_dataset(config)
+    print(
+        f"{report.out}: {report.written} record(s) written ({report.flagged} flagged), "
+        f"{report.already_done} already there, of {report.images} training images"
+    )
+    if report.complete:
+        print(f"summary: emovlm-kd annotate --check {report.out}")
+        return 0
+    for failure in report.failures[:_NAMED_FAILURES]:
+        print(f"failed: {failure.image}: {failure.reason}", file=sys.stderr)
+    if len(report.failures) > _NAMED_FAILURES:
+        print(f"... and {len(report.failures) - _NAMED_FAILURES} more failed image(s)", file=sys.stderr)
+    if report.not_attempted:
+        print(f"{report.not_attempted} image(s) not attempted after too many failures in a row", file=sys.stderr)
+    raise UserError(
+        f"{len(report.failures) + report.not_attempted} image(s) are not annotated yet; "
+        "fix the cause above and rerun the same command to do only those."
+    )

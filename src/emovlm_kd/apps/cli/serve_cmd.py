@@ -1,0 +1,46 @@
+"""`emovlm-kd serve`: a trained run over HTTP (classify API, OpenAI-compatible chat, web page)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from emovlm_kd.apps.server.config import ServerConfig
+from emovlm_kd.errors import UserError
+
+
+def register(subparsers, help_text: str) -> None:
+    parser = subparsers.add_parser("serve", help=help_text, description=help_text)
+    parser.add_argument("--run", required=True, help="a trained run folder")
+    # One flag per ServerConfig field, with its default and help.
+    for setting in dataclasses.fields(ServerConfig):
+        flag = "--" + setting.name.replace("_", "-")
+        text = setting.metadata["help"]
+        if isinstance(setting.default, bool):
+            parser.add_argument(flag, dest=setting.name, action="store_true", help=text)
+        else:
+            kind = type(setting.default) if setting.default is not None else str
+            shown = "" if setting.default is None else f" (default: {setting.default})"
+            parser.add_argument(flag, dest=setting.name, type=kind, default=setting.default, help=text + shown)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as missing:
+        raise UserError(f"serving needs the {missing.name} package; install it with: pip install 'emovlm-kd[serve]'") from None
+    from emovlm_kd.apps.server.app import create_app
+    from emovlm_kd.pipeline import EmoVLMKD
+
+    config = ServerConfig(**{setting.name: getattr(args, setting.name) for setting in dataclasses.fields(ServerConfig)})
+    if config.model_name is None:
+        config.model_name = Path(args.run).resolve().name
+    model = EmoVLMKD.from_pretrained(args.run)
+    app = create_app(model, config)
+    print(f"serving {args.run} as {config.model_name!r} on http://{config.host}:{config.port}/ (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info" if args.verbose else "warning")
+    return 0
