@@ -89,3 +89,11 @@ def evaluated(trained, tmp_path_factory):
         code = main(["evaluate", "--run", str(trained[0]), "--out", str(out), "--efficiency"])
     assert code == 0
     return out, printed.getvalue()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability tests' figures on one line, when any of them ran."""
+    from reliability import summary_line, tally
+
+    if tally:
+        terminalreporter.write_line(summary_line())

@@ -36,16 +36,22 @@ def test_keeping_only_answer_logits_leaves_the_loss_unchanged(tiny_adapter):
     assert torch.allclose(full, trimmed, atol=1e-5)
 
 
-def test_lora_targets_the_language_model_attention_only(tiny_adapter):
+# Qwen2-VL names its language model `language_model`, SmolVLM `text_model`; both vision
+# towers have attention projections of their own that LoRA must leave alone.
+@pytest.mark.parametrize("preset", ["tiny", "tiny-smolvlm"])
+def test_lora_targets_the_language_model_attention_only(preset):
     from emovlm_kd.config import InstructStageConfig
     from emovlm_kd.models.registry import get_preset, load_vlm
 
-    adapter = load_vlm(get_preset("tiny"), seed=0)
+    from peft.tuners.lora import LoraLayer
+
+    adapter = load_vlm(get_preset(preset), seed=0)
     model = apply_lora(adapter, InstructStageConfig(), quantized=False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in name and "language_model" in name for name in trainable)
+    assert trainable and all("lora_" in name and adapter.language_model_name in name for name in trainable)
     assert {name.split(".lora_")[0].rsplit(".", 1)[1] for name in trainable} == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    assert not any("visual" in name for name in trainable)
+    vision = [m for module in adapter.vision_modules().values() for m in module.modules()]
+    assert vision and not any(isinstance(m, LoraLayer) for m in vision)
     lora = model.peft_config["default"]
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (8, 8, 0.05)
 

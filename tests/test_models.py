@@ -1,6 +1,9 @@
 """Tokenizer, presets, teacher, head, gates and the distillation loss."""
 
+import json
+import sys
 import time
+import types
 
 import pytest
 import torch
@@ -16,8 +19,10 @@ from emovlm_kd.models.registry import (
     list_presets,
     load_vlm,
     resolve_vlm,
+    vlm_parameters,
 )
-from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, load_teacher
+from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, load_teacher, save_teacher
+from emovlm_kd.models.vlm import ADAPTERS, get_adapter_class
 
 
 def test_offline_tokenizer_is_the_real_qwen2_tokenizer(tiny_adapter):
@@ -35,11 +40,52 @@ def test_presets_registry():
     paper = get_preset("paper")
     assert (paper.vlm, paper.teacher) == ("Qwen/Qwen2-VL-7B-Instruct", "google/vit-base-patch16-384")
     assert not paper.offline and get_preset("tiny").offline
-    assert [p.name for p in list_presets("qwen2*")] == ["qwen2-vl-2b"]
+    assert [p.name for p in list_presets("qwen2*")] == ["qwen2-vl-2b", "qwen2.5-vl-3b"]
     with pytest.raises(UserError, match="choose one of"):
         get_preset("huge")
     # A model id works where a preset name does.
     assert resolve_vlm("someone/Qwen2-VL-custom").vlm == "someone/Qwen2-VL-custom"
+
+
+def test_every_family_has_a_hub_preset_and_an_offline_one():
+    for family in ADAPTERS:
+        presets = [preset for preset in PRESETS.values() if preset.family == family]
+        assert any(p.offline for p in presets) and any(not p.offline for p in presets), family
+    assert get_preset("llava-1.5-7b").vlm == "llava-hf/llava-1.5-7b-hf"
+    assert get_preset("smolvlm-256m").vlm == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    assert get_preset("qwen2.5-vl-3b").vlm == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def test_a_model_id_or_folder_finds_its_family(tmp_path):
+    assert resolve_vlm("llava-hf/llava-onevision-qwen2-7b-ov-hf").family == "llava_onevision"
+    assert resolve_vlm("llava-hf/bakLlava-v1-hf").family == "llava"
+    assert resolve_vlm("Qwen/Qwen2.5-VL-7B-Instruct").family == "qwen2_5_vl"
+    assert resolve_vlm("someone/my-vlm").family == "qwen2_vl"  # nothing says: the paper's family
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
+    assert resolve_vlm(str(tmp_path)).family == "smolvlm"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip"}))
+    with pytest.raises(UserError, match="no VLM family here handles"):
+        resolve_vlm(str(tmp_path))
+    # Loading a model into another family's classes is refused before any weight is read.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(UserError, match="not a 'qwen2_vl' one"):
+        get_adapter_class("qwen2_vl").from_pretrained(str(tmp_path), dtype=torch.float32)
+
+
+def test_preset_sizes_are_counted_without_weights(tiny_adapter, monkeypatch, capsys):
+    from emovlm_kd.apps.cli import main
+    from emovlm_kd.models import registry
+
+    assert vlm_parameters(get_preset("tiny")) == sum(p.numel() for p in tiny_adapter.model.parameters())
+    # From published config values: the model card's 2.21B.
+    assert vlm_parameters(get_preset("qwen2-vl-2b")) == 2_208_985_600
+    monkeypatch.setattr(registry, "local_config_file", lambda name: None)
+    assert vlm_parameters(get_preset("qwen3-vl-2b")) is None  # no config at hand: unknown, never downloaded
+    assert main(["presets", "*llava*"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:8]}
+    assert rows["tiny-llava"][1:4] == ["llava", "9.91M", "no"]
+    assert rows["llava-1.5-7b"][1:4] == ["llava", "7.06B", "yes"]
+    assert rows["llava-onevision-0.5b"][1:4] == ["llava_onevision", "unknown", "yes"]
 
 
 def test_tiny_preset_builds_offline_in_seconds_and_is_seeded():
@@ -68,6 +114,46 @@ def test_offline_teacher_has_the_packaged_imagenet_weights():
     assert state["backbone._fc.weight"].shape == (3, 1280)  # a new 3-way head
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert processor.size["height"] == 224
+
+
+def fake_timm(num_features: int = 12):
+    """A stand-in for the timm package: a named conv net and its data config."""
+
+    def create_model(name, pretrained=False, num_classes=1000):
+        if name != "tiny_convnet":
+            raise RuntimeError(f"Unknown model ({name})")
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, num_features, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Linear(num_features, num_classes),
+        )
+
+    data = types.SimpleNamespace(resolve_model_data_config=lambda model: {
+        "input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0})
+    return types.SimpleNamespace(create_model=create_model, data=data)
+
+
+def test_timm_teacher_by_name_saves_and_loads_as_safetensors(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "timm", fake_timm())
+    labels = ("a", "b", "c")
+    model, processor = load_teacher("timm:tiny_convnet", labels)
+    assert processor.size == {"height": 32, "width": 32} and list(processor.image_std) == [0.25] * 3
+    pixels = torch.randn(2, 3, 32, 32)
+    logits = model(pixel_values=pixels).logits
+    assert logits.shape == (2, 3)
+    save_teacher(model, processor, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert json.loads((tmp_path / "config.json").read_text())["timm_model"] == "tiny_convnet"
+    loaded, _ = load_teacher(str(tmp_path), labels)
+    assert torch.equal(loaded.eval()(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits)
+    assert load_teacher("timm/tiny_convnet", labels)[0].config.timm_model == "tiny_convnet"
+    with pytest.raises(UserError, match="cannot load the timm model 'resnet9000'"):
+        load_teacher("timm:resnet9000", labels)
+
+
+def test_timm_teacher_without_timm_is_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(UserError, match="pip install timm"):
+        load_teacher("timm:resnet50", ("a", "b"))
 
 
 def test_distillation_loss_matches_its_formula():

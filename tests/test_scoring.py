@@ -1,10 +1,22 @@
-"""Exact VLM class probabilities: full answers scored from one encoding per image."""
+"""Exact VLM class probabilities: full answers scored from one encoding per image, for the
+tiny model of every VLM family."""
 
+import pytest
 import torch
 from PIL import Image
 
 from emovlm_kd.labels import EMOTION6, MIKELS8
+from emovlm_kd.models.registry import load_vlm, offline_preset_for
+from emovlm_kd.models.vlm import ADAPTERS
 from emovlm_kd.prompts import classification_answer, classification_prompt
+
+
+@pytest.fixture(scope="module", params=list(ADAPTERS))
+def adapter(request, tiny_adapter):
+    """Each family's tiny adapter (Qwen2-VL's is the session's)."""
+    if request.param == tiny_adapter.family:
+        return tiny_adapter
+    return load_vlm(offline_preset_for(request.param), seed=0)
 
 
 def teacher_forced_logprob(adapter, image, prompt, answer) -> float:
@@ -28,14 +40,14 @@ def images():
     ]
 
 
-def test_scores_equal_teacher_forcing_with_one_image_encoding(tiny_adapter):
-    adapter = tiny_adapter
+def test_scores_equal_teacher_forcing_with_one_image_encoding(adapter):
+    encoder = next(iter(adapter.vision_modules().values()))
     for taxonomy in (EMOTION6, MIKELS8):
         prompt = classification_prompt(taxonomy)
         answers = [classification_answer(label) for label in taxonomy.labels]
         batch = images()
         calls = []
-        hook = adapter.model.model.visual.register_forward_hook(lambda *args: calls.append(1))
+        hook = encoder.register_forward_hook(lambda *args: calls.append(1))
         try:
             scores = adapter.answer_logprobs(adapter.encode(batch, [prompt] * len(batch)), answers)
         finally:
@@ -53,9 +65,8 @@ def test_scores_equal_teacher_forcing_with_one_image_encoding(tiny_adapter):
         assert not torch.allclose(own, reference, atol=1e-2)
 
 
-def test_every_token_of_the_label_counts(tiny_adapter):
+def test_every_token_of_the_label_counts(adapter):
     # 'excitement' and 'sadness' take several tokens; a first-token-only score would differ.
-    adapter = tiny_adapter
     answers = [classification_answer(label) for label in MIKELS8.labels]
     lengths = {len(adapter.tokenizer(a).input_ids) for a in answers}
     assert len(lengths) > 1
@@ -64,8 +75,7 @@ def test_every_token_of_the_label_counts(tiny_adapter):
     assert torch.isfinite(scores).all()
 
 
-def test_scores_do_not_depend_on_batch_company(tiny_adapter):
-    adapter = tiny_adapter
+def test_scores_do_not_depend_on_batch_company(adapter):
     prompt = classification_prompt(EMOTION6)
     answers = [classification_answer(label) for label in EMOTION6.labels]
     batch = images()
@@ -74,13 +84,16 @@ def test_scores_do_not_depend_on_batch_company(tiny_adapter):
     assert torch.allclose(together[1], alone[0], atol=1e-4)
 
 
-def test_visual_tokens_are_shared_by_the_head_input(tiny_adapter):
-    adapter = tiny_adapter
+def test_visual_tokens_are_shared_by_the_head_input(adapter):
     batch = images()
     inputs = adapter.encode(batch, ["describe"] * 3)
     visual = adapter.visual_tokens(inputs)
-    merge = adapter.image_processor.merge_size ** 2
-    assert [t.shape[0] for t in visual.per_image] == [int(g.prod()) // merge for g in inputs["image_grid_thw"]]
+    # One visual token per image placeholder token of its prompt.
+    image_tokens = (inputs["input_ids"] == adapter.model.config.image_token_id).sum(-1).tolist()
+    assert [t.shape[0] for t in visual.per_image] == image_tokens
+    # The encoder alone (as the feature cache runs it) gives the same tokens.
+    alone = adapter.visual_tokens(adapter.encode_images(batch))
+    assert all(torch.equal(a, b) for a, b in zip(alone.per_image, visual.per_image))
     assert visual.pooled().shape == (3, adapter.hidden_size)
     # Passing the shared visual tokens gives the same scores as recomputing them.
     answers = [classification_answer(label) for label in EMOTION6.labels]

@@ -4,13 +4,16 @@ A cache is a folder per (kind, fingerprint): the fingerprint hashes whatever dec
 values (model weights, processor settings, prompt), and rows are keyed by the image's
 content hash, so a renamed or moved image is still found and a changed model never reads
 stale rows. Rows are written in shards as they are computed, each shard atomically, so an
-interrupted run keeps what it finished.
+interrupted run keeps what it finished. Each shard carries a SHA-256 of its tensors in its
+metadata; a shard that fails it (truncated, bit rot, edited) is discarded and its rows are
+computed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,17 +23,49 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from emovlm_kd import distributed
-from emovlm_kd.io import atomic_path
+from emovlm_kd.io import atomic_path, remove_stale_temporaries
+
+log = logging.getLogger("emovlm_kd")
+CHECKSUM = "sha256"
+# Temporaries of interrupted writes are removed once this old: another host sharing the
+# cache folder may still be writing a younger one.
+STALE_TEMPORARY_S = 3600
 
 
 def fingerprint(tensors: dict[str, torch.Tensor] | None = None, **settings) -> str:
     """A short hash of named tensors and JSON-able settings."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted((tensors or {}).items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest = hashlib.sha256(content_sha256(tensors or {}).encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of `tensors`, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_shard(path: Path) -> dict[str, torch.Tensor] | None:
+    """A shard's rows if its checksum holds; otherwise None, the shard deleted with a warning."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get(CHECKSUM)
+            rows = {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        return None  # another process discarded it a moment ago
+    except Exception as error:
+        problem = f"unreadable: {error}"
+    else:
+        if expected is not None and expected == content_sha256(rows):
+            return rows
+        problem = "checksum mismatch" if expected else "no checksum: written by an older version"
+    log.warning("cache: discarding damaged shard %s (%s); its rows will be computed again", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def module_fingerprint(module: torch.nn.Module, **settings) -> str:
@@ -57,10 +92,10 @@ class TensorCache:
     def rows(self) -> dict[str, torch.Tensor]:
         if self._rows is None:
             self._rows = {}
+            if self.directory.is_dir() and distributed.is_main():
+                remove_stale_temporaries(self.directory, min_age_s=STALE_TEMPORARY_S)
             for shard in sorted(self.directory.glob("shard-*.safetensors")):
-                with safe_open(str(shard), framework="pt") as handle:
-                    for key in handle.keys():
-                        self._rows[key] = handle.get_tensor(key)
+                self._rows.update(read_shard(shard) or {})
         return self._rows
 
     def add(self, rows: dict[str, torch.Tensor]) -> None:
@@ -68,8 +103,9 @@ class TensorCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         content = hashlib.sha256("".join(sorted(rows)).encode()).hexdigest()[:16]
+        tensors = {key: value.detach().cpu().contiguous() for key, value in rows.items()}
         with atomic_path(self.directory / f"shard-{content}.safetensors") as tmp:
-            save_file({key: value.detach().cpu().contiguous() for key, value in rows.items()}, str(tmp))
+            save_file(tensors, str(tmp), metadata={CHECKSUM: content_sha256(tensors)})
         self.rows().update(rows)
 
     def fill(

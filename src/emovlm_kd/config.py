@@ -8,6 +8,7 @@ config is saved beside every run, so each result traces back to its settings.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ def _check_value(value, annotation, key: str):
         raise errors[0]
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r} must be a mapping of settings, not {value!r}.")
+            raise UserError(f"config key {key!r} must be a mapping of settings, not {_shown(value)}.")
         return _build(annotation, value, key + ".")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -146,15 +147,21 @@ def _check_value(value, annotation, key: str):
         isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
     ):
         raise UserError(
-            f"config key {key!r} must be {annotation.__name__}, got {value!r} ({type(value).__name__})."
+            f"config key {key!r} must be {annotation.__name__}, got {_shown(value)} ({type(value).__name__})."
         )
     return value
+
+
+def _shown(value) -> str:
+    # Bounded: a YAML file of nested aliases would print as billions of characters.
+    return reprlib.repr(value)
 
 
 def _build(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    # YAML keys may be numbers or null too: compared as text.
+    unknown = sorted(str(name) for name in set(data) - known)
     if unknown:
         raise UserError(
             f"unknown config key '{prefix}{unknown[0]}'; known keys here: "

@@ -40,6 +40,9 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # swaps the process-wide filter list.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+# The same for its notes on damaged metadata ("Tag data larger than file", ...): the image
+# loads as stored, or fails with an ImageError.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class ImageError(UserError):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import time
 from pathlib import Path
+
+# What an interrupted atomic write leaves behind: `.<name>.tmp<pid>` or `.<name>.old<pid>`.
+_TEMPORARY = re.compile(r"^\..+\.(tmp|old)(\d+)$")
 
 
 @contextlib.contextmanager
@@ -20,6 +26,63 @@ def atomic_path(target: str | Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path):
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
+
+    Readers find the old folder or the new one, never a mix. Between the two renames there
+    is briefly no `target` at all, which reads as an unfinished stage.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path, min_age_s: float = 0.0) -> int:
+    """Delete what killed processes left under `folder` from atomic writes; returns how many.
+
+    A temporary is stale when the process that made it no longer runs on this host and it
+    is at least `min_age_s` old (an age guards folders shared with other hosts).
+    """
+    removed = 0
+    for path in sorted(Path(folder).rglob(".*")):
+        match = _TEMPORARY.match(path.name)
+        if not match or _process_alive(int(match.group(2))):
+            continue
+        try:
+            if time.time() - path.lstat().st_mtime < min_age_s:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # inside one removed already, or removed by another process
+        removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,17 +75,51 @@ class Run:
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
 
+    def stage_problem(self, stage: str) -> str | None:
+        """Why `stage` cannot be used ("has not finished", a damaged file, ...), or None.
+
+        A stage's weights are swapped in whole and its metrics.json is written last, so a
+        crash leaves no metrics.json. Beyond that, the weights must be complete safetensors
+        (never pickles) and no config may ask for custom code.
+        """
+        folder = self.stage_dir(stage)
+        try:
+            metrics = read_json(folder / "metrics.json")
+        except FileNotFoundError:
+            return "has not finished"
+        except (OSError, ValueError):
+            return "has a damaged metrics.json"
+        if not isinstance(metrics, dict):
+            return "has a damaged metrics.json"
+        weights = _stage_weights(stage, folder)
+        if not weights:
+            return "has no weights (model.safetensors)"
+        for path in weights:
+            if not _safetensors_complete(path):
+                return f"has a damaged or incomplete {path.relative_to(folder)}"
+        for path in sorted(folder.glob("**/*config*.json")):
+            try:
+                declares_code = "auto_map" in read_json(path)
+            except (OSError, ValueError, TypeError):
+                return f"has a damaged {path.relative_to(folder)}"
+            if declares_code:
+                return (
+                    f"has {path.relative_to(folder)} asking to run custom code (auto_map), which emovlm-kd "
+                    "never writes, so it was not made by this training"
+                )
+        return None
+
     def is_done(self, stage: str) -> bool:
-        # metrics.json is written last, atomically: its presence means the stage finished.
-        return (self.stage_dir(stage) / "metrics.json").is_file()
+        return self.stage_problem(stage) is None
 
     def stage_metrics(self, stage: str) -> dict:
         return read_json(self.stage_dir(stage) / "metrics.json")
 
     def require(self, stage: str) -> Path:
-        if not self.is_done(stage):
+        problem = self.stage_problem(stage)
+        if problem is not None:
             raise UserError(
-                f"the {stage} stage of {self.directory} has not finished; run "
+                f"the {stage} stage of {self.directory} {problem}; run "
                 f"`emovlm-kd train --config {self.directory / CONFIG_FILE} --out {self.directory} --stage {stage}`."
             )
         return self.stage_dir(stage)
@@ -128,6 +164,40 @@ class Run:
 
 def load_rgb(path) -> "Image.Image":  # noqa: F821 - PIL type for readers
     return load_image(path, min_side=MIN_IMAGE_SIDE, max_aspect_ratio=MAX_ASPECT_RATIO)
+
+
+def _stage_weights(stage: str, folder: Path) -> list[Path]:
+    """The safetensors files a finished stage must hold."""
+    if stage == "instruct":
+        # LoRA adapter, or the full model (sharded models list their shards in an index).
+        if (folder / "adapter").is_dir():
+            return [folder / "adapter" / "adapter_model.safetensors"]
+        index = folder / "model" / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(read_json(index)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return [index]
+            return [folder / "model" / name for name in shards]
+        return [folder / "model" / "model.safetensors"] if (folder / "model").is_dir() else []
+    return [folder / "model.safetensors"]
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """True when `path` holds a whole safetensors file (a header whose tensors fill the file)."""
+    if not path.is_file():  # missing, or a pipe or device that would never end
+        return False
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            if header_size > size - 8:
+                return False
+            header = json.loads(handle.read(header_size))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
+        return False
+    return 8 + header_size + max(ends, default=0) == size
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

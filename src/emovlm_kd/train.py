@@ -9,7 +9,7 @@ from emovlm_kd import distributed
 from emovlm_kd.config import STAGES, RunConfig
 from emovlm_kd.errors import UserError
 from emovlm_kd.evaluation import evaluate_run
-from emovlm_kd.io import write_json
+from emovlm_kd.io import remove_stale_temporaries, write_json
 from emovlm_kd.run import Run, seed_everything
 
 log = logging.getLogger("emovlm_kd")
@@ -57,6 +57,8 @@ def train(
             (out / "config.yaml").unlink()
     run = Run.create(config, out)
     handler = _attach_log_file(out) if distributed.is_main() else logging.NullHandler()
+    if distributed.is_main() and (removed := remove_stale_temporaries(out)):
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
     try:
         rerun: set[str] = set()
         for stage in STAGES:

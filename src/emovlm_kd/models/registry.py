@@ -1,19 +1,25 @@
 """Model presets by name: which VLM, which teacher, at what size, online or offline.
 
-A preset name, a Hugging Face model id or a local folder all work where a VLM is asked for.
+A preset name, a Hugging Face model id or a local folder all work where a VLM is asked for;
+an id or folder finds its family (its adapter) from its config.json or its name.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from emovlm_kd.errors import UserError
+from emovlm_kd.models import published_configs
 from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET
 
 OFFLINE_PREFIX = "offline:"
+# The paper's teacher, the default for every hub preset.
+VIT_B16_384 = "google/vit-base-patch16-384"
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class ModelPreset:
     # The Qwen2-VL image processor's pixel budget (min, max); None keeps the model's own.
     image_pixels: tuple[int, int] | None = None
     tiny_overrides: dict = field(default_factory=dict)
+    # A hub model's published config values, to count its parameters without a download.
+    published_config: dict | None = None
 
     @property
     def offline(self) -> bool:
@@ -41,15 +49,17 @@ PRESETS: dict[str, ModelPreset] = {
             name="paper",
             family="qwen2_vl",
             vlm="Qwen/Qwen2-VL-7B-Instruct",
-            teacher="google/vit-base-patch16-384",
+            teacher=VIT_B16_384,
             description="the paper's configuration: Qwen2-VL-7B-Instruct + ViT-B/16 at 384 px (GPU)",
+            published_config=published_configs.QWEN2_VL_7B,
         ),
         ModelPreset(
             name="qwen2-vl-2b",
             family="qwen2_vl",
             vlm="Qwen/Qwen2-VL-2B-Instruct",
-            teacher="google/vit-base-patch16-384",
+            teacher=VIT_B16_384,
             description="Qwen2-VL-2B-Instruct + ViT-B/16 at 384 px, for a single smaller GPU",
+            published_config=published_configs.QWEN2_VL_2B,
         ),
         ModelPreset(
             name="tiny",
@@ -77,6 +87,69 @@ PRESETS: dict[str, ModelPreset] = {
                 "vision": {"depth": 4, "embed_dim": 256, "num_heads": 4, "mlp_ratio": 4},
             },
         ),
+        # ---- further VLM families: a hub model each, and an offline tiny one each ----------
+        ModelPreset(
+            name="qwen2.5-vl-3b",
+            family="qwen2_5_vl",
+            vlm="Qwen/Qwen2.5-VL-3B-Instruct",
+            teacher=VIT_B16_384,
+            description="Qwen2.5-VL-3B-Instruct + ViT-B/16 at 384 px",
+            published_config=published_configs.QWEN2_5_VL_3B,
+        ),
+        ModelPreset(
+            name="qwen3-vl-2b",
+            family="qwen3_vl",
+            vlm="Qwen/Qwen3-VL-2B-Instruct",
+            teacher=VIT_B16_384,
+            description="Qwen3-VL-2B-Instruct + ViT-B/16 at 384 px",
+        ),
+        ModelPreset(
+            name="llava-1.5-7b",
+            family="llava",
+            vlm="llava-hf/llava-1.5-7b-hf",
+            teacher=VIT_B16_384,
+            description="LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B) + ViT-B/16 at 384 px",
+            published_config=published_configs.LLAVA_1_5_7B,
+        ),
+        ModelPreset(
+            name="llava-onevision-0.5b",
+            family="llava_onevision",
+            vlm="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+            teacher=VIT_B16_384,
+            description="LLaVA-OneVision-0.5B (SigLIP + Qwen2-0.5B, anyres tiles) + ViT-B/16 at 384 px",
+        ),
+        ModelPreset(
+            name="smolvlm-256m",
+            family="smolvlm",
+            vlm="HuggingFaceTB/SmolVLM-256M-Instruct",
+            teacher=VIT_B16_384,
+            description="SmolVLM-256M-Instruct + ViT-B/16 at 384 px, small enough for a CPU",
+        ),
+        ModelPreset(
+            name="idefics3-8b",
+            family="idefics3",
+            vlm="HuggingFaceM4/Idefics3-8B-Llama3",
+            teacher=VIT_B16_384,
+            description="Idefics3-8B (SigLIP + Llama-3.1-8B) + ViT-B/16 at 384 px",
+        ),
+        *(
+            ModelPreset(
+                name=f"tiny-{name}",
+                family=family,
+                vlm=f"offline:tiny-{name}",
+                teacher=OFFLINE_EFFICIENTNET,
+                description=f"offline: random ~10M {title} with the real Qwen2 tokenizer + ImageNet EfficientNet-Lite0",
+                instruct_method="full",
+            )
+            for name, family, title in (
+                ("qwen2.5-vl", "qwen2_5_vl", "Qwen2.5-VL"),
+                ("qwen3-vl", "qwen3_vl", "Qwen3-VL"),
+                ("llava", "llava", "LLaVA-1.5"),
+                ("llava-onevision", "llava_onevision", "LLaVA-OneVision"),
+                ("smolvlm", "smolvlm", "SmolVLM"),
+                ("idefics3", "idefics3", "Idefics3"),
+            )
+        ),
     )
 }
 
@@ -92,8 +165,14 @@ def get_preset(name: str) -> ModelPreset:
     raise UserError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}.")
 
 
+def offline_preset_for(family: str) -> ModelPreset:
+    """The first offline preset of a VLM family: its tiny model."""
+    return next(preset for preset in PRESETS.values() if preset.family == family and preset.offline)
+
+
 def resolve_vlm(name_or_path: str) -> ModelPreset:
-    """A preset for a preset name, or an ad-hoc Qwen2-VL preset for a hub id or folder."""
+    """A preset for a preset name, or an ad-hoc preset for a hub id or folder (of the family
+    its config.json or its name says; Qwen2-VL when neither says)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     if name_or_path.startswith(OFFLINE_PREFIX):
@@ -101,11 +180,62 @@ def resolve_vlm(name_or_path: str) -> ModelPreset:
                         f"{', '.join(p.name for p in PRESETS.values() if p.offline)}.")
     return ModelPreset(
         name=name_or_path,
-        family="qwen2_vl",
+        family=family_of(name_or_path) or "qwen2_vl",
         vlm=name_or_path,
         teacher=PRESETS["paper"].teacher,
         description=f"{name_or_path} (a model id or folder)",
     )
+
+
+def local_config_file(name_or_path: str) -> Path | None:
+    """A model's config.json from its folder or from the Hugging Face cache; never downloads."""
+    local = Path(name_or_path) / "config.json"
+    if local.is_file():
+        return local
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError:  # not a valid hub id either
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def family_of(name_or_path: str) -> str | None:
+    """The VLM family of a model id or folder: its config.json's model_type where one is at
+    hand, else the family named in the id (the most specific name wins); None if neither."""
+    from emovlm_kd.models.vlm import ADAPTERS
+
+    config_file = local_config_file(name_or_path)
+    if config_file is not None:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        for family, adapter in ADAPTERS.items():
+            if adapter.model_type == model_type:
+                return family
+        raise UserError(f"{name_or_path} is a {model_type!r} model, which no VLM family here handles; "
+                        f"supported model types: {', '.join(a.model_type for a in ADAPTERS.values())}.")
+    name = name_or_path.lower()
+    matches = [(len(hint), family) for family, adapter in ADAPTERS.items() for hint in adapter.name_hints if hint in name]
+    return max(matches)[1] if matches else None
+
+
+def vlm_parameters(preset: ModelPreset) -> int | None:
+    """The preset's VLM parameter count, counted on the meta device from a config: the tiny
+    builder's, a local or cached config.json, or the published values kept with the preset.
+    None where no config is at hand (nothing is downloaded)."""
+    from emovlm_kd.models.vlm import get_adapter_class
+
+    adapter_class = get_adapter_class(preset.family)
+    config_class = adapter_class.model_class().config_class
+    if preset.vlm.startswith(OFFLINE_PREFIX):
+        config = adapter_class.tiny_config(**preset.tiny_overrides)
+    elif (config_file := local_config_file(preset.vlm)) is not None:
+        config = config_class.from_json_file(str(config_file))
+    elif preset.published_config is not None:
+        config = config_class(**preset.published_config)
+    else:
+        return None
+    return adapter_class.count_parameters(config)
 
 
 def default_dtype() -> torch.dtype:

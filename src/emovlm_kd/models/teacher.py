@@ -1,7 +1,10 @@
-"""Teacher classifiers: any transformers image classifier, plus an offline EfficientNet-Lite0.
+"""Teacher classifiers, chosen by name: any transformers image classifier (hub id or folder),
+any timm model ('timm:<name>' or 'timm/<name>', where timm is installed), or the offline
+EfficientNet-Lite0.
 
 Every teacher is a `transformers` model with an image processor, so the Trainer, `save_pretrained`
-and `AutoModelForImageClassification.from_pretrained` treat them all alike.
+(config.json + model.safetensors) and `AutoModelForImageClassification.from_pretrained` treat
+them all alike; timm and EfficientNet-Lite models are wrapped to fit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from emovlm_kd.errors import UserError
 
 OFFLINE_EFFICIENTNET = "offline:efficientnet-lite0"
+TIMM_PREFIXES = ("timm:", "timm/")
 
 
 class EfficientNetLiteConfig(PretrainedConfig):
@@ -35,19 +39,12 @@ class EfficientNetLiteConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class EfficientNetLiteForImageClassification(PreTrainedModel):
-    """EfficientNet-Lite (code from `efficientnet-lite-pytorch`) as a transformers classifier."""
+class WrappedClassifier(PreTrainedModel):
+    """A classifier from another library (`self.backbone`, images -> [B, K] logits) as a
+    transformers model; subclasses build the backbone."""
 
-    config_class = EfficientNetLiteConfig
     main_input_name = "pixel_values"
     base_model_prefix = "backbone"
-
-    def __init__(self, config: EfficientNetLiteConfig):
-        super().__init__(config)
-        from efficientnet_lite_pytorch import EfficientNet
-
-        self.backbone = EfficientNet.from_name(config.variant, num_classes=config.num_labels)
-        self.post_init()
 
     def _init_weights(self, module):
         # The backbone initialises itself; pretrained weights are loaded over it.
@@ -59,8 +56,63 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register(EfficientNetLiteConfig.model_type, EfficientNetLiteConfig)
-AutoModelForImageClassification.register(EfficientNetLiteConfig, EfficientNetLiteForImageClassification)
+class EfficientNetLiteForImageClassification(WrappedClassifier):
+    """EfficientNet-Lite (code from `efficientnet-lite-pytorch`) as a transformers classifier."""
+
+    config_class = EfficientNetLiteConfig
+
+    def __init__(self, config: EfficientNetLiteConfig):
+        super().__init__(config)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.backbone = EfficientNet.from_name(config.variant, num_classes=config.num_labels)
+        self.post_init()
+
+
+class TimmClassifierConfig(PretrainedConfig):
+    model_type = "emovlm_timm"
+
+    def __init__(self, timm_model: str = "resnet50", **kwargs):
+        self.timm_model = timm_model
+        super().__init__(**kwargs)
+
+
+class TimmForImageClassification(WrappedClassifier):
+    """A timm model by name as a transformers classifier; saved weights are safetensors."""
+
+    config_class = TimmClassifierConfig
+
+    def __init__(self, config: TimmClassifierConfig, pretrained: bool = False):
+        super().__init__(config)
+        timm = _import_timm()
+        self.backbone = timm.create_model(config.timm_model, pretrained=pretrained, num_classes=config.num_labels)
+        self.post_init()
+
+
+for _config, _model in (
+    (EfficientNetLiteConfig, EfficientNetLiteForImageClassification),
+    (TimmClassifierConfig, TimmForImageClassification),
+):
+    AutoConfig.register(_config.model_type, _config)
+    AutoModelForImageClassification.register(_config, _model)
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise UserError(
+            "timm teachers need the timm package; install it with pip install timm, "
+            "or name a transformers image classifier instead."
+        ) from None
+    return timm
+
+
+def timm_model_name(name: str) -> str | None:
+    """The timm model a teacher name asks for ('timm:<name>' or 'timm/<name>'), else None."""
+    if Path(name).is_dir():
+        return None
+    return next((name[len(prefix) :] for prefix in TIMM_PREFIXES if name.startswith(prefix)), None)
 
 
 def _label_maps(labels: tuple[str, ...]) -> dict:
@@ -97,10 +149,34 @@ def _offline_efficientnet(labels: tuple[str, ...], seed: int):
     return model, processor
 
 
+def _timm_teacher(name: str, labels: tuple[str, ...], seed: int):
+    config = TimmClassifierConfig(timm_model=name, **_label_maps(labels))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TimmForImageClassification(config, pretrained=True)
+    except (OSError, RuntimeError) as error:
+        raise UserError(
+            f"cannot load the timm model {name!r} ({error.__class__.__name__}); check the name "
+            "(timm.list_models()) and, for its pretrained weights, the network or the Hugging Face cache."
+        ) from None
+    # Evaluation preprocessing from timm's data config: resize to its input size, its mean / std.
+    data = _import_timm().data.resolve_model_data_config(model.backbone)
+    _, height, width = data["input_size"]
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    processor = ViTImageProcessorPil(
+        size={"height": height, "width": width}, image_mean=list(data["mean"]), image_std=list(data["std"])
+    )
+    return model, processor
+
+
 def load_teacher(name_or_path: str, labels: tuple[str, ...], seed: int = 0):
     """A teacher with a fresh K-way head (or a trained one from a folder) and its processor."""
     if name_or_path == OFFLINE_EFFICIENTNET:
         return _offline_efficientnet(labels, seed)
+    if (timm_name := timm_model_name(name_or_path)) is not None:
+        return _timm_teacher(timm_name, labels, seed)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)

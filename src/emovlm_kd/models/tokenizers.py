@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from emovlm_kd.errors import UserError
+from emovlm_kd.io import atomic_path
 
 # Qwen2's pre-tokenizer split: like GPT-4's, but digits are split one by one.
 QWEN2_SPLIT_PATTERN = (
@@ -54,10 +55,8 @@ def qwen2_tokenizer():
     else:
         backend = _convert_qwen2_ranks()
         backend.normalizer = normalizers.NFC()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        backend.save(str(tmp))
-        os.replace(tmp, cached)
+        with atomic_path(cached) as tmp:
+            backend.save(str(tmp))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from emovlm_kd import distributed
-from emovlm_kd.io import write_json
+from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.head import DistillHead, HeadConfig
 from emovlm_kd.models.teacher import load_teacher
@@ -74,7 +74,8 @@ def train_distill(run: Run) -> dict:
         distributed.barrier()
         return {}
     head, history = train_head(features["train"], targets, run.labels(train), config, run.config.seed)
-    head.save_pretrained(run.stage_dir("distill"))
+    with atomic_dir(run.stage_dir("distill")) as saving:
+        head.save_pretrained(saving)
     metrics = {"parameters": sum(p.numel() for p in head.parameters()), "history": history}
     with torch.no_grad():
         for split, values in features.items():

@@ -19,7 +19,11 @@ from emovlm_kd.run import Run, load_rgb
 def visual_features(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
     """[N, D] pooled visual tokens of the (frozen) visual encoder."""
     key = fingerprint(
-        {f"visual.{k}": v for k, v in adapter.fingerprint_modules()["visual"].state_dict().items()},
+        {
+            f"{name}.{key}": value
+            for name, module in adapter.fingerprint_modules().items()
+            for key, value in module.state_dict().items()
+        },
         family=adapter.family,
         processor=adapter.image_processor.to_dict(),
     )

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from emovlm_kd import distributed
-from emovlm_kd.io import write_json
+from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.gate import Gate, GateConfig
 from emovlm_kd.models.head import DistillHead
 from emovlm_kd.run import Run
@@ -69,7 +69,8 @@ def train_gate(run: Run) -> dict:
         distributed.barrier()
         return {}
     gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed)
-    gate.save_pretrained(run.stage_dir("gate"))
+    with atomic_dir(run.stage_dir("gate")) as saving:
+        gate.save_pretrained(saving)
     metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
     with torch.no_grad():
         for split, (head_logits, vlm_probs) in inputs.items():

@@ -18,7 +18,7 @@ from transformers import Trainer
 from emovlm_kd import distributed
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
-from emovlm_kd.io import write_json
+from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.registry import load_vlm
 from emovlm_kd.prompts import (
     INFERENCE_PROMPT,
@@ -103,13 +103,13 @@ def apply_lora(adapter, config, quantized: bool):
     model = adapter.model
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    # Only the language model's attention projections; the vision tower stays as it is.
-    targets = "|".join(adapter.lora_target_modules)
+    # Only the language model's attention projections (the adapter names them); the vision
+    # tower stays as it is.
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=rf".*language_model.*\.({targets})",
+        target_modules=adapter.lora_targets(),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
@@ -127,8 +127,8 @@ def train_instruct(run: Run) -> dict:
 
     # The visual encoder is never trained (the paper's setting, also under 'full'): the
     # head's cached features and the VLM's image tokens stay the same ones.
-    for parameter in adapter.model.model.visual.parameters():
-        parameter.requires_grad_(False)
+    for module in adapter.vision_modules().values():
+        module.requires_grad_(False)
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -160,7 +160,10 @@ def train_instruct(run: Run) -> dict:
     trainer.train()
     model.eval()
     if distributed.is_main():
-        model.save_pretrained(stage_dir / ("model" if method == "full" else "adapter"))
+        # The stage folder is replaced whole, so an adapter or model of an earlier method
+        # cannot linger beside the new one, and a crash while saving leaves no half folder.
+        with atomic_dir(stage_dir) as saving:
+            model.save_pretrained(saving / ("model" if method == "full" else "adapter"))
     metrics = {
         "method": method,
         "examples": summary,
@@ -183,6 +186,6 @@ def load_tuned_vlm(run: Run):
 
         adapter.model = PeftModel.from_pretrained(adapter.model, stage_dir / "adapter").merge_and_unload()
     else:
-        adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype)
+        adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype, use_safetensors=True)
     adapter.model.eval()
     return adapter

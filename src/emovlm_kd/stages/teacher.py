@@ -9,7 +9,7 @@ import torch
 from transformers import Trainer
 
 from emovlm_kd import distributed
-from emovlm_kd.io import write_json
+from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.teacher import (
     load_teacher,
     save_teacher,
@@ -56,7 +56,9 @@ def train_teacher(run: Run) -> dict:
     trainer.train()
     model.eval()
     if distributed.is_main():
-        save_teacher(model, processor, stage_dir)
+        # The stage folder is replaced whole: a crash while saving leaves the old one or none.
+        with atomic_dir(stage_dir) as saving:
+            save_teacher(model, processor, saving)
     distributed.barrier()
 
     metrics = {"model": name, "image_size": size, "train_images": len(train)}

@@ -1,4 +1,4 @@
-"""`emovlm-kd presets`: the model presets and the dataset presets."""
+"""`emovlm-kd presets`: the model presets (family, VLM size, network or not) and the dataset presets."""
 
 from __future__ import annotations
 
@@ -11,14 +11,29 @@ def register(subparsers, help_text: str) -> None:
     parser.set_defaults(func=run)
 
 
+def format_count(count: int | None) -> str:
+    """12_345_678 -> '12.35M'; None -> 'unknown'."""
+    if count is None:
+        return "unknown"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.2f}{suffix}"
+    return str(count)
+
+
 def run(args: argparse.Namespace) -> int:
     from emovlm_kd.data.datasets import DATASET_PRESETS
-    from emovlm_kd.models.registry import list_presets
+    from emovlm_kd.models.registry import list_presets, vlm_parameters
 
+    # VLM sizes are counted on the meta device from a config: the tiny builder's, one on
+    # this machine, or the published values kept with the preset; nothing is downloaded.
     print("model presets:")
+    print(f"  {'name':<22} {'family':<16} {'VLM params':>10}  {'network':<8} description")
     for preset in list_presets(args.pattern):
-        where = "offline" if preset.offline else "needs the network (or a local copy)"
-        print(f"  {preset.name:<12} {where:<36} {preset.description}")
+        network = "no" if preset.offline else "yes"
+        print(f"  {preset.name:<22} {preset.family:<16} {format_count(vlm_parameters(preset)):>10}  "
+              f"{network:<8} {preset.description}")
+    print("  (network 'yes': the weights download once, or load from a local copy given as a folder)")
     print("dataset presets:")
     for name, dataset in DATASET_PRESETS.items():
         print(f"  {name:<12} {dataset.taxonomy:<11} {dataset.description}")

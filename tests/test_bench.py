@@ -1,0 +1,38 @@
+"""The benchmark runs end to end and reports every figure with its target (figures are not
+asserted here: speed is checked by running `emovlm-kd bench`, not by timed unit tests)."""
+
+import json
+
+from emovlm_kd.apps.bench import TARGETS, Models, bench_images
+from emovlm_kd.apps.cli import main
+
+
+def test_bench_writes_every_figure_and_target(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--preset", "tiny", "--images", "2", "--train-images", "2", "--repeats", "1",
+                 "--batch-sizes", "1,2", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in (*TARGETS, "memory_ratio_vs_dual", "head_gate_param_overhead_pct", "images_per_second_best"):
+        assert result[key] > 0, key
+        assert key in stdout
+    assert set(result["targets"]) == set(TARGETS)
+    assert all(isinstance(t["met"], bool) for t in result["targets"].values())
+    assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
+
+
+def test_reference_and_ours_predict_the_same_shape(tiny_adapter):
+    models = Models("tiny", 0)
+    image = bench_images(1, 0, size=112)[0]
+    reference = models.reference_predict(image)
+    ours = models.pipeline.predict_images([image])[0]
+    assert reference.shape == (1, 6) and abs(float(reference.sum()) - 1) < 1e-5
+    assert set(ours.probs) == set(models.taxonomy.labels)
+
+
+def test_bad_bench_arguments_say_what_is_wrong(capsys):
+    assert main(["bench", "--preset", "nope"]) == 1
+    assert "unknown model preset" in capsys.readouterr().err
+    assert main(["bench", "--batch-sizes", "4,x"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err
