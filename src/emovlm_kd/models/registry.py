@@ -208,7 +208,10 @@ def family_of(name_or_path: str) -> str | None:
 
     config_file = local_config_file(name_or_path)
     if config_file is not None:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{config_file} is not a readable config.json; fix or replace the model folder.") from None
         for family, adapter in ADAPTERS.items():
             if adapter.model_type == model_type:
                 return family
