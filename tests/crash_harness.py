@@ -21,10 +21,10 @@ import os
 import signal
 import sys
 
-import emovlm_kd.apps.cli as cli
-import emovlm_kd.cache as cache
-import emovlm_kd.run as run_module
-import emovlm_kd.train as train_module
+from emovlm_kd import cache
+from emovlm_kd import run as run_module
+from emovlm_kd import train as train_module
+from emovlm_kd.apps import cli
 
 # Small shards, so a kill while filling a cache leaves some finished and some not.
 FLUSH_EVERY = 4

@@ -18,5 +18,5 @@ def summary_line() -> str:
         f"{t['resumptions']} crash resumptions ({t['rows_reused']} cached rows reused, "
         f"{t['artifacts_checked']} artifacts read back whole after the kills), "
         f"{t['lost']} lost and {t['duplicated']} duplicated records; "
-        f"soak: {t['soak_requests']} requests, server RSS growth {t['soak_rss_growth_kb'] / 1024:.1f} MB"
+        f"soak: {t['soak_requests']} requests, resting server RSS growth {t['soak_rss_growth_kb'] / 1024:+.1f} MB"
     )

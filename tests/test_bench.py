@@ -14,9 +14,10 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
-    for key in (*TARGETS, "memory_ratio_vs_dual", "head_gate_param_overhead_pct", "images_per_second_best"):
+    for key in (*TARGETS, "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
         assert result[key] > 0, key
         assert key in stdout
+    assert result["images_per_second_best"] > 0
     assert set(result["targets"]) == set(TARGETS)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0

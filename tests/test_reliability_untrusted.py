@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reliability import tally
 
 import emovlm_kd
 from emovlm_kd.apps.cli import main
 from emovlm_kd.errors import UserError
+from emovlm_kd.models.gate import Gate
+from emovlm_kd.models.head import DistillHead
 from emovlm_kd.pipeline import EmoVLMKD
 from emovlm_kd.run import Run
 
@@ -122,7 +126,7 @@ def loads(monkeypatch):
 def test_planted_pickles_are_never_loaded(hostile_run, loads, capsys, tmp_path, sample_root):
     run_dir, marker = hostile_run
     model = EmoVLMKD.from_pretrained(run_dir)
-    image = sorted((sample_root / "test").rglob("*.png"))[0]
+    image = min((sample_root / "test").rglob("*.png"))
     assert next(model.predict_paths([image])).label
     assert main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "eval")]) == 0
     capsys.readouterr()
@@ -171,3 +175,32 @@ def test_a_run_config_that_tries_to_run_code_is_refused(trained, tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         EmoVLMKD.from_pretrained(copy)
     assert not marker.exists()
+
+
+json_values = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    module=st.sampled_from([DistillHead, Gate]),
+    edits=st.dictionaries(
+        st.sampled_from(["class", "input_dim", "num_labels", "depth", "dropout", "variant", "num_experts", "extra"]),
+        json_values,
+        max_size=3,
+    ),
+)
+def test_an_edited_module_config_loads_or_says_why(trained, tmp_path, module, edits):
+    source = trained[0] / ("distill" if module is DistillHead else "gate")
+    folder = tmp_path / module.__name__
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    config = json.loads((source / "config.json").read_text()) | edits
+    (folder / "config.json").write_text(json.dumps(config))
+    tally["inputs"] += 1
+    try:
+        module.from_pretrained(folder)
+    except UserError as error:
+        tally["rejected"] += 1
+        assert str(error).endswith("train its stage again.")
+    except Exception:
+        tally["crashes"] += 1
+        raise

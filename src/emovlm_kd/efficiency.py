@@ -114,9 +114,12 @@ class Workload:
     prompt_tokens: int = 74
     # Answer tokens every label shares ("{'emotion': '"), scored with the prompt.
     shared_answer_tokens: int = 4
-    # The longest label-specific rest of an answer, end-of-turn token included.
-    answer_tokens: int = 5
+    # The longest label-specific rest of an answer (its closing "'}" included; the end-of-turn token is not scored).
+    answer_tokens: int = 4
     num_labels: int = 8
+    # Positions whose vocabulary logits the continuations need: each answer's own tokens
+    # after its first, summed over labels (padding gets none).
+    scored_positions: int = 16
 
     def patches(self, patch_size: int) -> int:
         # Qwen2-VL resizes each side to a multiple of patch x merge (28 px).
@@ -138,6 +141,7 @@ def workload_for(adapter, taxonomy, image_size: int = 448) -> Workload:
         prompt_tokens=prompt_tokens,
         shared_answer_tokens=shared,
         answer_tokens=max(len(ids) - shared for ids in answers),
+        scored_positions=sum(len(ids) - shared - 1 for ids in answers),
         num_labels=len(taxonomy),
     )
 
@@ -165,7 +169,7 @@ def qwen2_vl_flops(model: nn.Module, workload: Workload) -> dict[str, int]:
     language_linear = (prefix + continuation) * linear_macs(language.layers)
     key_pairs = prefix * prefix + continuation * (prefix + fed)
     language_attention = text_config.num_hidden_layers * 2 * query_width * key_pairs
-    logit_positions = workload.shared_answer_tokens + 1 + continuation
+    logit_positions = workload.shared_answer_tokens + 1 + workload.scored_positions
     lm_head = logit_positions * linear_macs(model.lm_head)
 
     macs = {

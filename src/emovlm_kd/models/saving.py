@@ -48,7 +48,7 @@ class SavableModule(nn.Module):
     def _read_config(cls, directory: Path):
         saved = json.loads((directory / "config.json").read_text())
         if not isinstance(saved, dict):
-            raise ValueError("config.json is not a JSON object")
+            raise TypeError("config.json is not a JSON object")
         saved_class = saved.pop("class", cls.__name__)
         if saved_class != cls.__name__:
             raise ValueError(f"it holds a {saved_class}")
