@@ -24,10 +24,8 @@ def sample_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def small_manifest(sample_root) -> Path:
-    """A JSONL manifest over a few sample images per class and split, for fast stage tests."""
-    per_split = {"train": 6, "val": 2, "test": 3}
+def subset_manifest(sample_root: Path, name: str, per_split: dict[str, int]) -> Path:
+    """A JSONL manifest over the first `per_split[split]` sample images per class and split."""
     taken: dict[tuple[str, str], int] = {}
     lines = []
     for line in (sample_root / "manifest.jsonl").read_text().splitlines():
@@ -36,9 +34,15 @@ def small_manifest(sample_root) -> Path:
         if taken.get(key, 0) < per_split[record["split"]]:
             taken[key] = taken.get(key, 0) + 1
             lines.append(json.dumps({k: record[k] for k in ("image", "label", "split")}))
-    manifest = sample_root / "small.jsonl"
+    manifest = sample_root / name
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def small_manifest(sample_root) -> Path:
+    """A JSONL manifest over a few sample images per class and split, for fast stage tests."""
+    return subset_manifest(sample_root, "small.jsonl", {"train": 6, "val": 2, "test": 3})
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,13 @@ FLUSH_EVERY = 4
 
 
 def child(request: dict) -> int:
-    log = open(request["log"], "a", buffering=1)
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
+    with open(request["log"], "a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        return run_killable(request, log)
+
+
+def run_killable(request: dict, log) -> int:
     kill = request.get("kill")
     state = {"stage": None, "events": 0}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fast_config
+from conftest import fast_config, subset_manifest
 from reliability import tally
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -39,20 +39,9 @@ HARNESS = Path(__file__).with_name("crash_harness.py")
 
 
 @pytest.fixture(scope="module")
-def tiny_manifest(sample_root, tmp_path_factory) -> Path:
+def tiny_manifest(sample_root) -> Path:
     """Two train, one val and one test image per class: 24 images."""
-    per_split = {"train": 2, "val": 1, "test": 1}
-    taken: dict = {}
-    lines = []
-    for line in (sample_root / "manifest.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        key = (record["split"], record["label"])
-        if taken.get(key, 0) < per_split[record["split"]]:
-            taken[key] = taken.get(key, 0) + 1
-            lines.append(json.dumps({k: record[k] for k in ("image", "label", "split")}))
-    manifest = sample_root / "tiny.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+    return subset_manifest(sample_root, "tiny.jsonl", {"train": 2, "val": 1, "test": 1})
 
 
 class Harness:
@@ -269,10 +258,9 @@ def test_atomic_dir_keeps_the_old_folder_when_saving_fails(tmp_path):
     target = tmp_path / "gate"
     target.mkdir()
     (target / "model.safetensors").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as saving:
-            (saving / "model.safetensors").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(target) as saving:
+        (saving / "model.safetensors").write_text("half")
+        raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["gate"]
     assert (target / "model.safetensors").read_text() == "old"
     with atomic_dir(target) as saving:

@@ -31,7 +31,13 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.images import ImageError, load_image
 from emovlm_kd.run import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
 
-pytestmark = pytest.mark.reliability
+pytestmark = [
+    pytest.mark.reliability,
+    # PIL's notes on the damaged files (truncated tags, bombs): the loader's answer is what counts.
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
 
 SEED = int(os.environ.get("EMOVLM_KD_RELIABILITY_SEED", "9"))
 MUTATIONS = int(os.environ.get("EMOVLM_KD_FUZZ_MUTATIONS", "5000"))

@@ -1,6 +1,7 @@
 """Hostile clients of the server, beyond tests/test_server_*.py: clients that send very slowly,
-image URLs with the default settings, and a soak of good and bad requests against
-`emovlm-kd serve` in its own process, whose memory (RSS) must stay flat.
+a request the model fails on while batched with others, image URLs with the default
+settings, and a soak of good and bad requests against `emovlm-kd serve` in its own
+process, whose memory (RSS) must stay flat.
 
 EMOVLM_KD_SOAK_REQUESTS sets the soak's size (default 360).
 """
@@ -22,6 +23,7 @@ from reliability import tally
 from test_server_support import live_server, load_model, sample_images
 
 from emovlm_kd.apps.server.app import create_app
+from emovlm_kd.apps.server.batching import MicroBatcher
 from emovlm_kd.apps.server.config import ServerConfig
 
 pytestmark = pytest.mark.reliability
@@ -109,6 +111,29 @@ def test_slow_clients_are_timed_out_without_blocking_others(model, png):
         assert status == 504 and seconds < config.request_timeout_s + 2, slow_bodies
 
 
+def test_a_request_the_model_fails_on_does_not_fail_those_batched_with_it():
+    calls = []
+
+    def handler(option, items):
+        calls.append(list(items))
+        if "poison" in items:
+            raise ValueError("the processor cannot take this image")
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher({"classify": handler}, max_batch_size=8, max_wait_s=0.5, queue_size=8)
+    batcher.start()
+    try:
+        futures = [batcher.submit("classify", None, [item]) for item in ("a", "poison", "b")]
+        assert futures[0].result(10) == ["A"] and futures[2].result(10) == ["B"]
+        with pytest.raises(ValueError, match="cannot take"):
+            futures[1].result(10)
+    finally:
+        batcher.stop()
+    assert calls[0] == ["a", "poison", "b"]  # they did share a call, then each ran alone
+    tally["hostile_clients"] += 1
+    tally["faults"] += 1
+
+
 def test_image_urls_are_refused_by_default(model):
     with TestClient(create_app(model, ServerConfig())) as client:
         for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:22/", "https://example.com/cat.jpg"):
@@ -169,8 +194,8 @@ def test_soak_memory_stays_flat(trained, png, tmp_path):
     # some of them, which would make the resting RSS jump by a batch's worth between readings.
     env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", MALLOC_MMAP_THRESHOLD_="131072")
     command = [sys.executable, "-m", "emovlm_kd", "serve", "--run", str(trained[0]), "--port", str(port), "--max-body-mb", "0.1"]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = urllib.parse.urlsplit(f"http://127.0.0.1:{port}")
     kinds = soak_requests(png)
     statuses: dict[int, int] = {}
@@ -222,7 +247,6 @@ def test_soak_memory_stays_flat(trained, png, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
-        log.close()
     bad = sum(kinds[number % len(kinds)][3] != 200 for number in range(SOAK_REQUESTS))
     tally["soak_requests"] += SOAK_REQUESTS
     tally["hostile_clients"] += bad

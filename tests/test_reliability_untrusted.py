@@ -180,6 +180,7 @@ def test_a_run_config_that_tries_to_run_code_is_refused(trained, tmp_path):
 json_values = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     module=st.sampled_from([DistillHead, Gate]),

@@ -136,8 +136,8 @@ class EmoVLMKD:
                 # One image the model cannot take must not cost the others their predictions.
                 return [prediction for item in batch for prediction in self._flush([item], explain)]
             path = batch[0][0]
-            log.warning("%s could not be classified", path, exc_info=True)
-            reason = f"{type(error).__name__}: {str(error)[:200]}"
+            log.debug("%s could not be classified", path, exc_info=True)  # the traceback, with -v
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
             message = f"image {path} could not be classified ({reason}); check the image, or report this message."
             return [Prediction(image=path, error=message)]
         for (path, _), prediction in zip(batch, predictions):

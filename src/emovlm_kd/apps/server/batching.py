@@ -153,8 +153,10 @@ class MicroBatcher:
     def _run(self, jobs: list[Job]) -> None:
         # A job whose request timed out was cancelled; it costs no model time.
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
+        if jobs:
+            self._answer(jobs)
+
+    def _answer(self, jobs: list[Job]) -> None:
         kind, option = jobs[0].key
         items = [item for job in jobs for item in job.items]
         started = time.perf_counter()
@@ -164,9 +166,13 @@ class MicroBatcher:
             for start in range(0, len(items), self.max_batch_size):
                 results += self.handlers[kind](option, items[start : start + self.max_batch_size])
         except Exception as error:
-            log.exception("the model failed on a batch of %d %s items", len(items), kind)
-            for job in jobs:
-                job.future.set_exception(error)
+            if len(jobs) > 1:
+                # One request's input must not fail the requests batched with it: each alone.
+                for job in jobs:
+                    self._answer([job])
+                return
+            log.exception("the model failed on a job of %d %s items", len(items), kind)
+            jobs[0].future.set_exception(error)
             return
         seconds = time.perf_counter() - started
         self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * seconds / len(items)
