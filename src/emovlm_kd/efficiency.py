@@ -9,9 +9,9 @@ FlopCounterMode does (a causal kernel skips about half of the language model's p
 Norms, activations, softmax and rotary embeddings are left out (well under 1%).
 
 The VLM's workload is the one this project runs: the image and prompt are encoded once, the
-answer start common to every label is scored with them, and each label's remaining answer
-tokens are scored from the KV cache (`VLMAdapter.answer_logprobs`); vocabulary logits are
-computed only at scored positions. (The reference implementation samples free text instead.)
+answer start common to every label is scored with them, and every label's remaining answer
+tokens follow in the same pass, side by side, each answer seeing only the prompt and itself
+(`VLMAdapter.answer_logprobs`); vocabulary logits are computed only at scored positions. (The reference implementation samples free text instead.)
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ class Workload:
     # The longest label-specific rest of an answer (its closing "'}" included; the end-of-turn token is not scored).
     answer_tokens: int = 4
     num_labels: int = 8
-    # Positions whose vocabulary logits the continuations need: each answer's own tokens
-    # after its first, summed over labels (padding gets none).
+    # Answer tokens fed after the shared ones (each answer's own tokens but its last, summed
+    # over labels): each predicts its answer's next token, so each also needs vocabulary logits.
     scored_positions: int = 16
 
     def patches(self, patch_size: int) -> int:
@@ -159,16 +159,14 @@ def qwen2_vl_flops(model: nn.Module, workload: Workload) -> dict[str, int]:
     vision_linear = patches * (patch_embed + linear_macs(visual.blocks)) + image_tokens * linear_macs(visual.merger)
     vision_attention = vision_config.depth * 2 * patches * patches * vision_config.embed_dim
 
-    # Prefill: image, prompt and shared answer tokens. Then K rows of L fed tokens, each row
-    # padded to the longest answer and attending to the whole prefix and its own tokens.
+    # One pass: image, prompt and shared answer tokens, then every answer's own tokens but
+    # its last, side by side (`scored_positions` of them); attention counted dense over it all.
     prefix = image_tokens + workload.prompt_tokens + workload.shared_answer_tokens
-    fed = max(workload.answer_tokens - 1, 0)
-    continuation = workload.num_labels * fed
+    sequence = prefix + workload.scored_positions
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     query_width = text_config.num_attention_heads * head_dim
-    language_linear = (prefix + continuation) * linear_macs(language.layers)
-    key_pairs = prefix * prefix + continuation * (prefix + fed)
-    language_attention = text_config.num_hidden_layers * 2 * query_width * key_pairs
+    language_linear = sequence * linear_macs(language.layers)
+    language_attention = text_config.num_hidden_layers * 2 * query_width * sequence * sequence
     logit_positions = workload.shared_answer_tokens + 1 + workload.scored_positions
     lm_head = logit_positions * linear_macs(model.lm_head)
 
@@ -277,7 +275,7 @@ def paper_scale_notes(table: dict) -> list[str]:
     return [
         f"FLOPs per image for a {workload['image_size']}x{workload['image_size']} image "
         f"({table['image_tokens']} visual tokens), a {workload['prompt_tokens']}-token prompt and "
-        f"{workload['num_labels']} answers scored exactly from the KV cache; FLOPs = 2 x multiply-accumulates "
+        f"{workload['num_labels']} answers scored exactly in one pass; FLOPs = 2 x multiply-accumulates "
         "of linear and convolution layers plus dense attention; norms and activations left out.",
         f"The depth-{table['head_depth']} head is {100 * table['head_share_of_vlm']:.3f}% of the VLM's parameters; "
         f"the paper's {100 * table['paper_head_share']:.3f}% does not match a head with a 1024-wide hidden layer "

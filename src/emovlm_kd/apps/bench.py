@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emovlm_kd.prompts import classification_answer, classification_prompt
+
 TARGETS = {
     "inference_speedup_batch1": (">=", 2.0),
     "inference_speedup_batched": (">=", 2.5),
@@ -44,9 +46,16 @@ class BenchConfig:
     repeats: int = 5
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
     # Images for the stage 2+3 training comparison (the reference regenerates per epoch).
-    train_images: int = 16
+    train_images: int = 8
     seed: int = 0
     threads: int = field(default_factory=torch.get_num_threads)
+    # "auto": the GPU where there is one (weights in bf16), else the CPU (fp32).
+    device: str = "auto"
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
 
 def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
@@ -61,22 +70,42 @@ def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
     return images
 
 
+def _synchronize() -> None:
+    # GPU work is asynchronous: a timing ends when the device has finished.
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_time(function, repeats: int, warm_up: bool = True) -> float:
     """Median wall time of `function()` over `repeats` runs, after one warm-up run."""
+    return paired_median_times({"only": function}, repeats, warm_up)["only"]
+
+
+def paired_median_times(functions: dict, repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Median wall time of each function, run in turns (a, b, a, b, ...), so that a slow
+    spell of a shared machine falls on all of them alike rather than on one."""
     if warm_up:
-        function()
-    times = []
+        for function in functions.values():
+            function()
+    times = {name: [] for name in functions}
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, function in functions.items():
+            _synchronize()
+            started = time.perf_counter()
+            function()
+            _synchronize()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class Models:
-    """The preset's VLM with a (random) head, gate and teacher, as a run would hold them."""
+    """The preset's VLM with a (random) head, gate and teacher, as a run would hold them.
 
-    def __init__(self, preset_name: str, seed: int):
+    `parts` chooses what is built: a deployment holds only its own models.
+    """
+
+    def __init__(self, preset_name: str, seed: int, device: torch.device | str = "cpu",
+                 parts: tuple[str, ...] = ("head", "gate", "teacher")):
         from emovlm_kd.labels import EMOTION6
         from emovlm_kd.models.gate import Gate, GateConfig
         from emovlm_kd.models.head import DistillHead, HeadConfig
@@ -85,17 +114,27 @@ class Models:
         from emovlm_kd.pipeline import EmoVLMKD
 
         preset = get_preset(preset_name)
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         torch.manual_seed(seed)
-        adapter = load_vlm(preset, seed=seed)
+        adapter = load_vlm(preset, seed=seed, device=self.device, dtype=self.dtype)
+        adapter.model.to(self.device)
         self.taxonomy = EMOTION6
-        head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
-        gate = Gate(GateConfig(num_labels=len(EMOTION6)))
-        self.pipeline = EmoVLMKD(adapter, head, gate, EMOTION6)
-        self.adapter, self.head, self.gate = adapter, head.eval(), gate.eval()
-        self.teacher, self.teacher_processor = load_teacher(preset.teacher, EMOTION6.labels, seed=seed)
-        self.teacher.eval()
+        self.adapter = adapter
+        self.head = self.gate = self.teacher = None
+        if "head" in parts:
+            head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
+            self.head = head.to(self.device).eval()
+        if "gate" in parts:
+            self.gate = Gate(GateConfig(num_labels=len(EMOTION6))).to(self.device).eval()
+        self.pipeline = EmoVLMKD(adapter, self.head, self.gate, EMOTION6) if self.head and self.gate else None
+        if "teacher" in parts:
+            teacher, self.teacher_processor = load_teacher(preset.teacher, EMOTION6.labels, seed=seed)
+            self.teacher = teacher.to(self.device, self.dtype).eval()
         self.preset = preset
-        longest = max(len(ids) for ids in adapter.scored_answer_ids(self.pipeline.answers)[0])
+        self.prompt = classification_prompt(EMOTION6)
+        self.answers = [classification_answer(label) for label in EMOTION6.labels]
+        longest = max(len(ids) for ids in adapter.scored_answer_ids(self.answers)[0])
         # A tuned model stops after its answer; random weights would not, so the reference
         # is allowed exactly the longest answer plus its end token (in its favour).
         self.answer_budget = longest + 1
@@ -105,9 +144,9 @@ class Models:
     @torch.no_grad()
     def reference_vlm_onehot(self, image: Image.Image) -> torch.Tensor:
         """Sample an answer at temperature 0.8 and parse it; unparsable gives all zeros."""
-        inputs = self.adapter.encode([image], [self.pipeline.prompt])
+        inputs = self.adapter.to_device(self.adapter.encode([image], [self.prompt]))
         output = self.adapter.model.generate(
-            **{k: v for k, v in inputs.items()},
+            **inputs,
             do_sample=True,
             temperature=0.8,
             max_new_tokens=self.answer_budget,
@@ -115,7 +154,7 @@ class Models:
             pad_token_id=self.adapter.tokenizer.pad_token_id,
         )
         text = self.adapter.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        onehot = torch.zeros(len(self.taxonomy))
+        onehot = torch.zeros(len(self.taxonomy), device=self.device)
         match = re.search(r"'emotion':\s*'(\w+)'", text)
         if match and match.group(1) in self.taxonomy.labels:
             onehot[self.taxonomy.labels.index(match.group(1))] = 1
@@ -134,7 +173,7 @@ class Models:
     @torch.no_grad()
     def teacher_logits(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = self.teacher_processor(images=images, return_tensors="pt")["pixel_values"]
-        return self.teacher(pixel_values=pixels).logits
+        return self.teacher(pixel_values=pixels.to(self.device, self.dtype)).logits.float()
 
     # ---- the floor --------------------------------------------------------------------
 
@@ -142,7 +181,7 @@ class Models:
     def bare_forward(self, images: list[Image.Image]) -> None:
         """One forward of prompt + image, keeping the last position's logits: the least any
         prediction from the VLM costs."""
-        inputs = self.adapter.encode(images, [self.pipeline.prompt] * len(images))
+        inputs = self.adapter.to_device(self.adapter.encode(images, [self.prompt] * len(images)))
         self.adapter.model(**inputs, logits_to_keep=1)
 
 
@@ -170,7 +209,11 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     for batch_size in config.batch_sizes:
         per_image[f"ours_batch{batch_size}"] = median_time(ours(batch_size), config.repeats) / count
     best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
-    per_image[f"floor_batch{best}"] = median_time(floor(best), config.repeats) / count
+    # The floor ratio compares two timings taken in turns at the best batch size (this
+    # second timing of ours is the one reported for that batch size).
+    paired = paired_median_times({"ours": ours(best), "floor": floor(best)}, config.repeats)
+    per_image[f"ours_batch{best}"] = paired["ours"] / count
+    per_image[f"floor_batch{best}"] = paired["floor"] / count
     return {
         "seconds_per_image": per_image,
         "best_batch_size": best,
@@ -188,7 +231,7 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
     from emovlm_kd.stages.distill import train_head
     from emovlm_kd.stages.gate import train_gate_module
 
-    labels = torch.arange(len(images)) % len(models.taxonomy)
+    labels = torch.arange(len(images), device=models.device) % len(models.taxonomy)
     head_config = DistillStageConfig(epochs=HEAD_EPOCHS, batch_size=1)
     gate_config = GateStageConfig(epochs=GATE_EPOCHS, batch_size=1)
 
@@ -224,17 +267,17 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
         with torch.no_grad():  # the caches: one visual pass per image, batched
             for start in range(0, len(images), batch_size):
                 batch = images[start : start + batch_size]
-                inputs = models.adapter.encode(batch, [models.pipeline.prompt] * len(batch))
+                inputs = models.adapter.encode(batch, [models.prompt] * len(batch))
                 visual = models.adapter.visual_tokens(inputs)
-                features.append(visual.pooled())
-                answers = models.pipeline.answers
-                scores.append(models.adapter.answer_logprobs(inputs, answers, visual, include_shared=False))
-                teacher.append(models.teacher_logits(batch))
+                features.append(visual.pooled().cpu())
+                scores.append(models.adapter.answer_logprobs(inputs, models.answers, visual, include_shared=False).cpu())
+                teacher.append(models.teacher_logits(batch).cpu())
+        # The head and the gate train on the cached tensors, as the stages do.
         features, teacher, probs = torch.cat(features), torch.cat(teacher), torch.cat(scores).softmax(-1)
-        head, _ = train_head(features, teacher, labels, head_config, config.seed)
+        head, _ = train_head(features, teacher, labels.cpu(), head_config, config.seed)
         with torch.no_grad():
             head_logits = head(features)
-        train_gate_module(head_logits, probs, labels, gate_config, len(models.taxonomy), config.seed)
+        train_gate_module(head_logits, probs, labels.cpu(), gate_config, len(models.taxonomy), config.seed)
 
     # One run each, no warm-up (the inference figures warmed every model up): the
     # reference takes minutes, and its epochs repeat identical work.
@@ -249,41 +292,81 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
 
 
 _MEMORY_PROBE = """
-import json, resource, sys, torch
-from emovlm_kd.apps.bench import Models, bench_images
-mode, preset, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-models = Models(preset, 0)
-images = bench_images(count, 1)
-with torch.no_grad():
-    if mode == "emovlm_kd":
-        del models.teacher
-        models.pipeline.predict_images(images)
-    else:
-        inputs = models.adapter.encode(images, [models.pipeline.prompt] * len(images))
-        models.adapter.answer_logprobs(inputs, models.pipeline.answers)
-        models.teacher_logits(images)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+import json, sys, torch
+from emovlm_kd.apps.bench import measure_deployment_memory
+print(json.dumps(measure_deployment_memory(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
 """
+# What each deployment holds: EmoVLM-KD is the VLM with the head and the gate; the
+# alternative is the VLM and the teacher side by side.
+DEPLOYMENTS = {"emovlm_kd": ("head", "gate"), "dual": ("teacher",)}
+
+
+def _resident_peak_mb() -> float:
+    """This process's peak resident memory so far (VmHWM), in MB."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_resident_peak() -> bool:
+    """Start VmHWM again from the current resident memory (Linux); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_deployment_memory(mode: str, preset: str, device: str, count: int) -> dict:
+    """Peak memory of one deployment classifying `count` images, in this process: its models
+    loaded, then the peak counted from there (so building them, which briefly needs more,
+    is not counted), weights included."""
+    models = Models(preset, 0, device=device, parts=DEPLOYMENTS[mode])
+    images = bench_images(count, 1)
+    on_gpu = models.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_resident_peak()
+    with torch.no_grad():
+        if mode == "emovlm_kd":
+            models.pipeline.predict_images(images)
+        else:
+            inputs = models.adapter.encode(images, [models.prompt] * len(images))
+            models.adapter.answer_logprobs(inputs, models.answers, include_shared=False).softmax(-1)
+            models.teacher_logits(images).softmax(-1)
+    if on_gpu:
+        torch.cuda.synchronize()
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "kind": "GPU memory allocated"}
+    return {"peak_mb": _resident_peak_mb(), "kind": "resident memory (VmHWM)"}
 
 
 def memory_figures(models: Models, config: BenchConfig) -> dict:
-    """Peak memory of EmoVLM-KD inference vs the VLM and the teacher deployed together.
-
-    Each is measured in a fresh process (peak resident memory on CPU, peak allocated on GPU).
-    """
-    peaks = {}
-    for mode in ("emovlm_kd", "dual"):
+    """Peak memory of EmoVLM-KD inference vs the VLM and the teacher deployed together, each
+    measured in a fresh process that builds only that deployment's models (peak resident
+    memory on CPU, peak allocated GPU memory on a GPU)."""
+    peaks, kind = {}, None
+    for mode in DEPLOYMENTS:
         result = subprocess.run(
-            [sys.executable, "-c", _MEMORY_PROBE, mode, config.preset, str(min(config.images, 8))],
+            [sys.executable, "-c", _MEMORY_PROBE, mode, config.preset, str(models.device),
+             str(min(config.images, max(config.batch_sizes)))],
             capture_output=True,
             text=True,
-            check=True,
         )
-        peaks[mode] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+        if result.returncode != 0:
+            raise RuntimeError(f"the memory probe failed: {result.stderr.strip()[-2000:]}")
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        peaks[mode], kind = measured["peak_mb"], measured["kind"]
     vlm_params = sum(p.numel() for p in models.adapter.model.parameters())
     overhead = sum(p.numel() for p in models.head.parameters()) + sum(p.numel() for p in models.gate.parameters())
     return {
         "peak_memory_mb": peaks,
+        "peak_memory_kind": kind,
         "memory_ratio_vs_dual": peaks["emovlm_kd"] / peaks["dual"],
         "vlm_parameters": vlm_params,
         "teacher_parameters": sum(p.numel() for p in models.teacher.parameters()),
@@ -292,25 +375,39 @@ def memory_figures(models: Models, config: BenchConfig) -> dict:
     }
 
 
-def run_bench(config: BenchConfig, progress=print) -> dict:
-    """Every figure of the benchmark, with the targets and whether each is met."""
+def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
+    """Every figure of the benchmark, with the targets and whether each is met.
+
+    `checkpoint(result)` is called after each part with the figures so far (the CLI writes
+    them), so a run cut short still leaves what it measured.
+    """
     torch.set_num_threads(config.threads)
-    models = Models(config.preset, config.seed)
+    device = config.resolved_device()
+    models = Models(config.preset, config.seed, device=device)
     images = bench_images(config.images, config.seed)
-    progress(f"bench: {config.preset} preset, {sum(p.numel() for p in models.adapter.model.parameters()) / 1e6:.0f}M "
-             f"parameters, {config.images} images, {config.repeats} repeats, {config.threads} threads")
-    result = {"config": asdict(config), "machine": {
-        "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu"}}
-    progress("bench: inference ...")
-    result.update(inference_figures(models, images, config))
-    progress("bench: stage 2+3 training ...")
-    result.update(training_figures(models, images[: config.train_images], config))
-    progress("bench: memory ...")
-    result.update(memory_figures(models, config))
-    result["targets"] = {key: {"target": f"{op} {value}", "met": _meets(result[key], op, value)}
-                         for key, (op, value) in TARGETS.items()}
+    parameters = sum(p.numel() for p in models.adapter.model.parameters())
+    progress(f"bench: {config.preset} preset, {parameters / 1e6:,.0f}M parameters on {device} ({models.dtype}), "
+             f"{config.images} images, {config.repeats} repeats, {config.threads} CPU threads")
+    result = {"config": asdict(config), "machine": _machine(device, models.dtype)}
+    parts = (("inference", lambda: inference_figures(models, images, config)),
+             ("stage 2+3 training", lambda: training_figures(models, images[: config.train_images], config)),
+             ("memory", lambda: memory_figures(models, config)))
+    for name, measure in parts:
+        progress(f"bench: {name} ...")
+        result.update(measure())
+        result["targets"] = {key: {"target": f"{op} {value}", "met": _meets(result[key], op, value)}
+                             for key, (op, value) in TARGETS.items() if key in result}
+        if checkpoint is not None:
+            checkpoint(result)
     return result
+
+
+def _machine(device: torch.device, dtype: torch.dtype) -> dict:
+    machine = {"python": platform.python_version(), "torch": torch.__version__,
+               "cpu": platform.processor() or platform.machine(), "device": device.type, "dtype": str(dtype)}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return machine
 
 
 def _meets(value: float, op: str, target: float) -> bool:
@@ -319,7 +416,7 @@ def _meets(value: float, op: str, target: float) -> bool:
 
 def format_bench(result: dict) -> str:
     lines = [f"{'figure':<32} {'value':>10}  target"]
-    for key in ("inference_speedup_batch1", "inference_speedup_batched", "floor_ratio", "stage23_train_speedup"):
+    for key in TARGETS:
         target = result["targets"][key]
         lines.append(f"{key:<32} {result[key]:>10.2f}  {target['target']} ({'met' if target['met'] else 'NOT met'})")
     lines.append(f"{'memory_ratio_vs_dual':<32} {result['memory_ratio_vs_dual']:>10.2f}  (reported)")

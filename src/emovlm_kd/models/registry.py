@@ -15,7 +15,7 @@ import torch
 
 from emovlm_kd.errors import UserError
 from emovlm_kd.models import published_configs
-from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET
+from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, RANDOM_VIT_B16_384
 
 OFFLINE_PREFIX = "offline:"
 # The paper's teacher, the default for every hub preset.
@@ -86,6 +86,20 @@ PRESETS: dict[str, ModelPreset] = {
                                              "mrope_section": [8, 12, 12]}},
                 "vision": {"depth": 4, "embed_dim": 256, "num_heads": 4, "mlp_ratio": 4},
             },
+        ),
+        ModelPreset(
+            name="bench-7b",
+            family="qwen2_vl",
+            vlm="offline:bench-7b-qwen2-vl",
+            teacher=RANDOM_VIT_B16_384,
+            # The paper's shapes with random weights: speed and memory at full size, on a GPU.
+            description="offline: random Qwen2-VL-7B-sized model + random ViT-B/16-384 at 448 px, "
+                        "for GPU benchmarks (bf16, ~17 GB)",
+            instruct_method="full",
+            image_pixels=(448 * 448, 448 * 448),
+            tiny_overrides={"text": published_configs.QWEN2_VL_7B["text_config"],
+                            "vision": published_configs.QWEN2_VL_7B["vision_config"],
+                            "tie_word_embeddings": False},
         ),
         # ---- further VLM families: a hub model each, and an offline tiny one each ----------
         ModelPreset(
@@ -248,14 +262,15 @@ def default_dtype() -> torch.dtype:
     return torch.float32
 
 
-def load_vlm(preset: ModelPreset, *, seed: int = 0, quantize_4bit: bool = False, dtype=None):
-    """The preset's VLM adapter: a hub model, a folder, or an offline randomly initialised one."""
+def load_vlm(preset: ModelPreset, *, seed: int = 0, quantize_4bit: bool = False, dtype=None, device=None):
+    """The preset's VLM adapter: a hub model, a folder, or an offline randomly initialised one
+    (built on `device`, in `dtype`, where given)."""
     from emovlm_kd.models.vlm import get_adapter_class
 
     adapter_class = get_adapter_class(preset.family)
     if preset.vlm.startswith(OFFLINE_PREFIX):
         kwargs = {"image_pixels": preset.image_pixels} if preset.image_pixels else {}
-        return adapter_class.tiny(seed=seed, **kwargs, **preset.tiny_overrides)
+        return adapter_class.tiny(seed=seed, device=device, dtype=dtype, **kwargs, **preset.tiny_overrides)
     try:
         return adapter_class.from_pretrained(
             preset.vlm, dtype=dtype or default_dtype(), quantize_4bit=quantize_4bit

@@ -27,6 +27,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from emovlm_kd.errors import UserError
 
 OFFLINE_EFFICIENTNET = "offline:efficientnet-lite0"
+# ViT-B/16 at 384 px with random weights: the paper teacher's size, for benchmarks offline.
+RANDOM_VIT_B16_384 = "offline:random-vit-b16-384"
 TIMM_PREFIXES = ("timm:", "timm/")
 
 
@@ -171,10 +173,24 @@ def _timm_teacher(name: str, labels: tuple[str, ...], seed: int):
     return model, processor
 
 
+def _random_vit(labels: tuple[str, ...], seed: int):
+    from transformers import ViTConfig, ViTForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    # google/vit-base-patch16-384's shapes (ViTConfig's defaults are ViT-B/16).
+    config = ViTConfig(image_size=384, patch_size=16, **_label_maps(labels))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config)
+    return model, ViTImageProcessorPil(size={"height": 384, "width": 384})
+
+
 def load_teacher(name_or_path: str, labels: tuple[str, ...], seed: int = 0):
     """A teacher with a fresh K-way head (or a trained one from a folder) and its processor."""
     if name_or_path == OFFLINE_EFFICIENTNET:
         return _offline_efficientnet(labels, seed)
+    if name_or_path == RANDOM_VIT_B16_384:
+        return _random_vit(labels, seed)
     if (timm_name := timm_model_name(name_or_path)) is not None:
         return _timm_teacher(timm_name, labels, seed)
     try:

@@ -10,7 +10,7 @@ What the stages use (written once, here):
   with answer-only `labels` when answers are given;
 - `visual_tokens(inputs)` -> `VisualTokens`: one visual-encoder pass; `.pooled()` is the head's input;
 - `answer_logprobs(inputs, answers, visual=None, include_shared=True)` and `scored_answer_ids`:
-  exact label scoring, the prompt's KV cache reused by all K answers;
+  exact label scoring, the prompt and image encoded once for all K answers;
 - `generate(inputs)`: greedy answers;
 - `vision_modules()` (frozen while tuning), `lora_targets()` (what LoRA tunes),
   `fingerprint_modules()` (cache keys of the visual features);
@@ -52,6 +52,43 @@ class VisualTokens:
     def pooled(self) -> torch.Tensor:
         # [B, D]: mean over each image's visual tokens, the head's input.
         return torch.stack([tokens.float().mean(dim=0) for tokens in self.per_image])
+
+
+class _PackedAnswers:
+    """Where each answer's tokens sit when all K answers follow one prompt side by side.
+
+    After the prompt come the `shared` tokens every answer starts with, then, for each
+    answer k, its own tokens but the last (`feed`), at `offsets` 0, 1, ... from the position
+    after the shared ones. The scored positions are the last `kept` ones of the sequence:
+    the shared tokens' predictions (optionally), the last shared token's (each answer's
+    first own token), then each fed token's (the next token of its answer).
+    """
+
+    def __init__(self, answer_ids: list[list[int]], shared: int, device: torch.device):
+        own = [ids[shared:] for ids in answer_ids]
+        self.prefix = torch.tensor(answer_ids[0][:shared], dtype=torch.long, device=device)
+        self.feed = torch.tensor([t for ids in own for t in ids[:-1]], dtype=torch.long, device=device)
+        self.offsets = torch.tensor([i for ids in own for i in range(len(ids) - 1)], dtype=torch.long, device=device)
+        self.owner = torch.tensor([k for k, ids in enumerate(own) for _ in ids[:-1]], dtype=torch.long, device=device)
+        self.first = torch.tensor([ids[0] for ids in own], dtype=torch.long, device=device)
+        self.next = torch.tensor([t for ids in own for t in ids[1:]], dtype=torch.long, device=device)
+
+    def attention(self, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, Q, Q] True where a query may attend a key: causal over the (left-padded)
+        prompt, and each fed token sees the prompt and the earlier tokens of its own answer."""
+        batch, length = prompt_mask.shape
+        fed = self.feed.numel()
+        device = prompt_mask.device
+        size = length + fed
+        real = prompt_mask.bool()
+        allowed = torch.ones(size, size, dtype=torch.bool, device=device).tril()[None].repeat(batch, 1, 1)
+        allowed[:, :, :length] &= real[:, None, :]  # padding is never attended to ...
+        # ... except by itself: a query with nothing to attend would give NaNs.
+        index = torch.arange(length, device=device)
+        allowed[:, index, index] = True
+        same_answer = self.owner[:, None] == self.owner[None, :]
+        allowed[:, length:, length:] &= same_answer
+        return allowed[:, None]
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,9 +193,9 @@ class VLMAdapter(ABC):
         mask = inputs["attention_mask"]
         return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1)
 
-    def continuation_positions(self, start: torch.Tensor, length: int) -> torch.Tensor:
-        """Family hook: [N, L] positions of `length` tokens fed after positions `start` [N]."""
-        return start[:, None] + torch.arange(length, device=start.device)
+    def continuation_positions(self, start: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Family hook: [B, L] positions of text tokens `offsets` [L] after positions `start` [B]."""
+        return start[:, None] + offsets[None, :]
 
     # ---- building -----------------------------------------------------------------------
 
@@ -196,20 +233,33 @@ class VLMAdapter(ABC):
         return cls(model, tokenizer, image_processor)
 
     @classmethod
-    def tiny(cls, seed: int = 0, image_pixels: tuple[int, int] | None = None, **overrides):
-        """A small randomly initialised model with a real tokenizer, offline, in seconds.
+    def tiny(
+        cls,
+        seed: int = 0,
+        image_pixels: tuple[int, int] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **overrides,
+    ):
+        """A randomly initialised model with a real tokenizer, offline, in seconds.
 
         The tokenizer is Qwen2's, rebuilt from a registry package, plus the family's own
-        special tokens.
+        special tokens. `device` and `dtype` build the weights where and how they will run
+        (a 7B-sized benchmark model is built on the GPU in bf16, never in CPU memory).
         """
         tokenizer = tiny_tokenizer(cls.tiny_special_tokens)
         config = cls.tiny_config(**overrides)
         config.image_token_id = tokenizer.convert_tokens_to_ids(cls.image_token)
+        previous_dtype = torch.get_default_dtype()
         # Seeded in a private generator scope so that building a preset never disturbs
         # the caller's random state, and the same seed always gives the same weights.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
             torch.manual_seed(seed)
-            model = cls.model_class()(config)
+            torch.set_default_dtype(dtype or torch.float32)
+            try:
+                model = cls.model_class()(config)
+            finally:
+                torch.set_default_dtype(previous_dtype)
         model.eval()
         return cls(model, tokenizer, cls.tiny_image_processor(config, image_pixels))
 
@@ -309,13 +359,14 @@ class VLMAdapter(ABC):
             inputs["labels"] = labels
         return inputs
 
-    def _to_device(self, inputs):
+    def to_device(self, inputs):
+        """Model inputs on the model's device (`labels` left out)."""
         device = self.device
         return {key: value.to(device) for key, value in inputs.items() if key != "labels"}
 
     def visual_tokens(self, inputs: dict[str, torch.Tensor]) -> VisualTokens:
         """Run the visual encoder once on the images of `encode` or `encode_images` inputs."""
-        image_inputs = self._to_device({key: inputs[key] for key in self.image_input_keys})
+        image_inputs = self.to_device({key: inputs[key] for key in self.image_input_keys})
         output = self.model.model.get_image_features(**image_inputs, return_dict=True)
         return VisualTokens(per_image=list(output.pooler_output), encoder_output=output)
 
@@ -329,74 +380,65 @@ class VLMAdapter(ABC):
     ) -> torch.Tensor:
         """[B, K] log-likelihood of every token of each answer given each prompt.
 
-        The prompt and image are encoded once per image; the K continuations reuse its KV
-        cache. With `include_shared=False` the tokens all answers start with are left out:
-        a per-image constant, so a softmax over the K answers is unchanged, for less work.
+        One forward pass per batch: each prompt is followed by the tokens all answers
+        start with, then by every answer's own tokens side by side, and an attention mask
+        lets each answer see the prompt and itself only (as if it were alone). So the image
+        and prompt are encoded once for all K answers, no KV cache is copied, and the
+        vocabulary is projected only at the scored positions. With `include_shared=False`
+        the shared opening is left out of the sum: a per-image constant, so a softmax over
+        the K answers is unchanged, for less work.
         """
-        inputs = self._to_device(inputs)
+        inputs = self.to_device(inputs)
         if visual is None:
             visual = self.visual_tokens(inputs)
-        batch, num_answers = inputs["input_ids"].shape[0], len(answers)
-        # Tokens every answer starts with ("{'", "emotion", "':", " '") are appended to the
-        # prompt; the rest of each answer is scored from the prompt's KV cache.
+        device, batch = self.device, inputs["input_ids"].shape[0]
         answer_ids, shared = self.scored_answer_ids(answers)
-        prefix = torch.tensor(answer_ids[0][:shared], dtype=torch.long, device=self.device)
-        input_ids = torch.cat([inputs["input_ids"], prefix.expand(batch, shared)], dim=1)
-        attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(input_ids[:, :shared])], dim=1)
-        extended = dict(inputs, input_ids=input_ids, attention_mask=attention_mask, **self.token_inputs(input_ids))
-        positions, next_position = self.prompt_positions(extended)
+        plan = _PackedAnswers(answer_ids, shared, device)
 
-        # The shared tokens' log-probability is the same for every answer: needed for exact
-        # log-likelihoods, not for the answers' probabilities relative to each other.
-        kept = shared + 1 if include_shared else 1
+        # Prompt, then the shared opening ("{'", "emotion", "':", " '"): ordinary tokens.
+        prefix = plan.prefix.expand(batch, shared)
+        prompt_ids = torch.cat([inputs["input_ids"], prefix], dim=1)
+        prompt_mask = torch.cat([inputs["attention_mask"], torch.ones_like(prefix)], dim=1)
+        prompt = dict(inputs, input_ids=prompt_ids, attention_mask=prompt_mask, **self.token_inputs(prompt_ids))
+        positions, next_position = self.prompt_positions(prompt)
+        # Then each answer's own tokens but its last (they predict the answer's later tokens),
+        # positioned as if each answer alone followed the prompt.
+        input_ids = torch.cat([prompt_ids, plan.feed.expand(batch, -1)], dim=1)
+        full = dict(inputs, **self.token_inputs(input_ids))
+        positions = torch.cat([positions, self.continuation_positions(next_position, plan.offsets)], dim=-1)
+        kept = (shared if include_shared else 0) + 1 + plan.feed.numel()
         output = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=self._attention_bias(plan.attention(prompt_mask)),
             position_ids=positions,
             mm_encoder_outputs={"image": visual.encoder_output},
-            use_cache=True,
-            logits_to_keep=kept,
-            **{key: extended[key] for key in self.scoring_input_keys},
-        )
-        # [B, kept, V]: predictions for the shared tokens (if kept), then each answer's first own token.
-        logprobs = output.logits.float().log_softmax(-1)
-        first_tokens = torch.tensor([ids[shared] for ids in answer_ids], device=self.device)
-        scores = logprobs[:, -1, first_tokens]  # [B, K]
-        if include_shared:
-            shared_targets = prefix.expand(batch, shared)[..., None]
-            scores = scores + logprobs[:, :shared].gather(-1, shared_targets).sum((1, 2))[:, None]
-
-        length = max(len(ids) for ids in answer_ids) - shared - 1
-        if length == 0:
-            return scores
-        # Feed each answer's own tokens but the last; they predict the answer's later tokens.
-        feed = torch.full((num_answers, length), self.pad_token_id, dtype=torch.long)
-        targets = torch.zeros((num_answers, length), dtype=torch.long)
-        valid = torch.zeros((num_answers, length), dtype=torch.bool)
-        for k, ids in enumerate(answer_ids):
-            own = ids[shared:]
-            feed[k, : len(own) - 1] = torch.tensor(own[:-1])
-            targets[k, : len(own) - 1] = torch.tensor(own[1:])
-            valid[k, : len(own) - 1] = True
-        feed, targets, valid = (t.to(self.device).repeat(batch, 1) for t in (feed, targets, valid))
-
-        cache = output.cache
-        cache.batch_repeat_interleave(num_answers)  # [B*K, ...]: row b*K+k is image b, answer k
-        # Right padding of the continuation is harmless: a causal model never lets a real
-        # token see the padding after it, and padded positions are not scored.
-        hidden = self.model.model(
-            input_ids=feed,
-            attention_mask=torch.cat([attention_mask.repeat_interleave(num_answers, dim=0), torch.ones_like(feed)], dim=1),
-            position_ids=self.continuation_positions(next_position.repeat_interleave(num_answers), length),
-            cache=cache,
             use_cache=False,
-        ).last_hidden_state  # [B*K, L, H]
-        # The vocabulary projection, the costly part, only where a token is scored.
-        token_scores = self.model.lm_head(hidden[valid]).float().log_softmax(-1)  # [M, V]
-        token_scores = token_scores.gather(-1, targets[valid][:, None])[:, 0]  # [M]
-        rows = torch.arange(batch * num_answers, device=self.device)[:, None].expand_as(valid)[valid]
-        tail_scores = torch.zeros(batch * num_answers, device=self.device).index_add_(0, rows, token_scores)
-        return scores + tail_scores.view(batch, num_answers)
+            logits_to_keep=kept,
+            **{key: full[key] for key in self.scoring_input_keys},
+        )
+        # [B, kept, V]: log-probabilities of the scored tokens only (log-softmax by logsumexp).
+        logits = output.logits.float()
+        normaliser = logits.logsumexp(-1)  # [B, kept]
+        first = kept - 1 - plan.feed.numel()  # the position that predicts each answer's first own token
+        scores = logits[:, first, plan.first] - normaliser[:, first, None]  # [B, K]
+        if plan.feed.numel():
+            later = logits[:, first + 1 :].gather(-1, plan.next.expand(batch, -1)[..., None])[..., 0]
+            scores = scores.index_add(1, plan.owner, later - normaliser[:, first + 1 :])
+        if include_shared:
+            opening = logits[:, :first].gather(-1, prefix[..., None])[..., 0] - normaliser[:, :first]
+            scores = scores + opening.sum(-1, keepdim=True)
+        return scores
+
+    def _attention_bias(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A boolean [B, 1, Q, Q] mask in the form the model's attention takes it."""
+        implementation = self.model.config.get_text_config()._attn_implementation or "sdpa"
+        if implementation == "sdpa":
+            return allowed
+        if implementation == "eager":
+            dtype = self.model.dtype
+            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min)
+        raise ValueError(f"exact label scoring needs 'sdpa' or 'eager' attention, not {implementation!r}")
 
     @torch.no_grad()
     def generate(
@@ -407,7 +449,7 @@ class VLMAdapter(ABC):
         `visual` is accepted for symmetry with `answer_logprobs`; generation encodes the
         images itself (its first step needs them alongside the prompt).
         """
-        inputs = self._to_device(inputs)
+        inputs = self.to_device(inputs)
         output = self.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -48,7 +48,7 @@ class Qwen2VLAdapter(VLMAdapter):
         vision = dict(cls.tiny_vision, **overrides.pop("vision", {}))
         vision[cls.vision_output_key] = text["hidden_size"]
         config_class = cls.model_class().config_class
-        return config_class(text_config=text, vision_config=vision, tie_word_embeddings=True, **overrides)
+        return config_class(text_config=text, vision_config=vision, **{"tie_word_embeddings": True, **overrides})
 
     @classmethod
     def tiny_image_processor(cls, config, image_pixels=None):
@@ -95,9 +95,9 @@ class Qwen2VLAdapter(VLMAdapter):
         )
         return positions, positions.amax(dim=(0, 2)) + 1
 
-    def continuation_positions(self, start, length):
+    def continuation_positions(self, start, offsets):
         # Text after the image: the same position on all three axes.
-        return super().continuation_positions(start, length).expand(3, -1, -1)
+        return super().continuation_positions(start, offsets).expand(3, -1, -1)
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
