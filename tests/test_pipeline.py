@@ -153,6 +153,25 @@ def test_library_prediction_matches_the_cached_stage_path(trained, small_manifes
     assert isinstance(explained.explanation, str)
 
 
+def test_a_run_predicts_without_its_training_data(trained, sample_root, tmp_path):
+    """The labels are saved with the run: a copied run folder serves with no dataset at hand."""
+    import shutil
+
+    from emovlm_kd import EmoVLMKD
+
+    run_dir, _, _ = trained
+    assert json.loads((run_dir / "labels.json").read_text())["labels"] == [
+        "anger", "disgust", "fear", "joy", "sadness", "surprise"]
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved)
+    config = (moved / "config.yaml").read_text()
+    (moved / "config.yaml").write_text(config.replace(str(trained[1].data.root), str(tmp_path / "gone")))
+    assert str(tmp_path / "gone") in (moved / "config.yaml").read_text()
+    image = next((sample_root / "test").rglob("*.png"))
+    prediction = next(EmoVLMKD.from_pretrained(moved).predict_paths([image]))
+    assert prediction.error is None and prediction.label in prediction.probs
+
+
 def test_evaluate_cli(trained, capsys, tmp_path):
     run_dir, _, metrics = trained
     # Outputs go to tmp_path: the shared run folder stays as it was.

@@ -19,16 +19,19 @@ def adapter(request, tiny_adapter):
     return load_vlm(offline_preset_for(request.param), seed=0)
 
 
-def teacher_forced_logprob(adapter, image, prompt, answer) -> float:
-    """The reference: one full forward of prompt + answer, summing the answer's token log-probs."""
+def teacher_forced_logprob(adapter, image, prompt, answer, with_closing=False) -> float:
+    """The reference: one full forward of prompt + answer, summing the log-probs of the
+    answer's tokens up to its closing `'}` (or through it, `with_closing`)."""
     inputs = adapter.encode([image], [prompt], [answer])
     labels = inputs.pop("labels")
     with torch.no_grad():
         logits = adapter.model(**inputs).logits[0, :-1].float()
     targets = labels[0, 1:]
-    scored = targets != -100
-    scored[scored.nonzero()[-1]] = False  # the end-of-turn token closes the turn, not the answer
-    return logits[scored].log_softmax(-1).gather(-1, targets[scored][:, None]).sum().item()
+    positions = (targets != -100).nonzero()[:, 0]
+    closing = 0 if with_closing else len(adapter.tokenizer("'}", add_special_tokens=False).input_ids)
+    # The end-of-turn token closes the turn, not the answer; nor is the closing scored.
+    positions = positions[: len(positions) - 1 - closing]
+    return logits[positions].log_softmax(-1).gather(-1, targets[positions][:, None]).sum().item()
 
 
 def images():
@@ -63,6 +66,18 @@ def test_scores_equal_teacher_forcing_with_one_image_encoding(adapter):
         own = adapter.answer_logprobs(adapter.encode(batch, [prompt] * len(batch)), answers, include_shared=False)
         assert torch.allclose(own.softmax(-1), reference.softmax(-1), atol=1e-4)
         assert not torch.allclose(own, reference, atol=1e-2)
+
+
+def test_the_closing_is_scored_where_one_label_begins_another(adapter):
+    # 'sad' is how 'sadness' begins: only the closing tells the two answers apart.
+    answers = [classification_answer(label) for label in ("sad", "sadness", "joy")]
+    ids, _ = adapter.scored_answer_ids(answers)
+    closing = adapter.tokenizer("'}", add_special_tokens=False).input_ids
+    assert all(row[-len(closing):] == closing for row in ids)
+    image, prompt = images()[1], "Which emotion?"
+    scores = adapter.answer_logprobs(adapter.encode([image], [prompt]), answers)
+    reference = torch.tensor([[teacher_forced_logprob(adapter, image, prompt, a, with_closing=True) for a in answers]])
+    assert torch.allclose(scores, reference, atol=1e-4), (scores - reference).abs().max()
 
 
 def test_every_token_of_the_label_counts(adapter):

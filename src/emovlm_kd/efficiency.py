@@ -114,12 +114,13 @@ class Workload:
     prompt_tokens: int = 74
     # Answer tokens every label shares ("{'emotion': '"), scored with the prompt.
     shared_answer_tokens: int = 4
-    # The longest label-specific rest of an answer (its closing "'}" included; the end-of-turn token is not scored).
-    answer_tokens: int = 4
+    # The longest label-specific rest of an answer as scored (the label's tokens; the closing
+    # "'}" only where labels need it to be told apart; the end-of-turn token never).
+    answer_tokens: int = 3
     num_labels: int = 8
     # Answer tokens fed after the shared ones (each answer's own tokens but its last, summed
     # over labels): each predicts its answer's next token, so each also needs vocabulary logits.
-    scored_positions: int = 16
+    scored_positions: int = 8
 
     def patches(self, patch_size: int) -> int:
         # Qwen2-VL resizes each side to a multiple of patch x merge (28 px).

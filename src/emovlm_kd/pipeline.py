@@ -70,14 +70,12 @@ class EmoVLMKD:
     @classmethod
     def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
         """Load the tuned VLM, head and gate of a finished run."""
-        from emovlm_kd.labels import get_taxonomy
         from emovlm_kd.stages.instruct import load_tuned_vlm
 
         run = Run.open(run_dir)
         for stage in ("instruct", "distill", "gate"):
             run.require(stage)
-        labels_file = run.directory / "labels.json"
-        taxonomy = _run_taxonomy(run, labels_file, get_taxonomy)
+        taxonomy = run.taxonomy
         adapter = load_tuned_vlm(run)
         device = adapter.device
         head = DistillHead.from_pretrained(run.stage_dir("distill"), device=device)
@@ -87,7 +85,8 @@ class EmoVLMKD:
     @torch.no_grad()
     def predict_images(self, images: list[Image.Image], explain: bool = False) -> list[Prediction]:
         """Predictions for RGB images, in order."""
-        inputs = self.adapter.encode(images, [self.prompt] * len(images))
+        # On the device once: the pixels are the largest input, and cross to a GPU one time.
+        inputs = self.adapter.to_device(self.adapter.encode(images, [self.prompt] * len(images)))
         visual = self.adapter.visual_tokens(inputs)  # the one visual-encoder pass
         head_logits = self.head(visual.pooled().to(self.adapter.device))
         vlm_probs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual, include_shared=False).softmax(-1)
@@ -143,17 +142,6 @@ class EmoVLMKD:
         for (path, _), prediction in zip(batch, predictions):
             prediction.image = path
         return predictions
-
-
-def _run_taxonomy(run: Run, labels_file: Path, get_taxonomy) -> Taxonomy:
-    # The labels the run was trained on are recorded by the distill stage's head config
-    # (num_labels) and the config's data section; the taxonomy name is resolved from data.
-    from emovlm_kd.io import read_json
-
-    if labels_file.is_file():
-        saved = read_json(labels_file)
-        return Taxonomy(saved["name"], tuple(saved["labels"]))
-    return run.dataset.taxonomy
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:

@@ -18,11 +18,14 @@ from emovlm_kd.config import RunConfig, load_config
 from emovlm_kd.data.datasets import Dataset, Sample, load_dataset
 from emovlm_kd.errors import UserError
 from emovlm_kd.images import file_sha256, load_image
-from emovlm_kd.io import atomic_write_text, read_json
+from emovlm_kd.io import atomic_write_text, read_json, write_json
+from emovlm_kd.labels import Taxonomy
 from emovlm_kd.models.registry import ModelPreset, resolve_vlm
 from emovlm_kd.models.tokenizers import cache_home
 
 CONFIG_FILE = "config.yaml"
+# The run's labels, in order, written at training time: prediction and serving need no dataset.
+LABELS_FILE = "labels.json"
 # Qwen2-VL's image processor needs at least 28 px (one merged patch) on each side.
 MIN_IMAGE_SIDE = 28
 # ... and refuses images whose longer side is 200 or more times the shorter one.
@@ -127,6 +130,24 @@ class Run:
     @functools.cached_property
     def preset(self) -> ModelPreset:
         return resolve_vlm(self.config.preset)
+
+    def save_labels(self) -> None:
+        """Record the taxonomy the run is trained on (rank 0 writes)."""
+        if distributed.is_main():
+            taxonomy = self.dataset.taxonomy
+            write_json(self.directory / LABELS_FILE, {"name": taxonomy.name, "labels": list(taxonomy.labels)})
+
+    @functools.cached_property
+    def taxonomy(self) -> Taxonomy:
+        """The labels the run was trained on: from labels.json, or (older runs) from its dataset."""
+        try:
+            saved = read_json(self.directory / LABELS_FILE)
+            return Taxonomy(str(saved["name"]), tuple(str(label) for label in saved["labels"]))
+        except FileNotFoundError:
+            return self.dataset.taxonomy
+        except (OSError, ValueError, TypeError, KeyError):
+            raise UserError(f"{self.directory / LABELS_FILE} is damaged; rerun `emovlm-kd train` on the run "
+                            "to write it again.") from None
 
     @functools.cached_property
     def dataset(self) -> Dataset:

@@ -56,6 +56,7 @@ def train(
         if distributed.is_main():
             (out / "config.yaml").unlink()
     run = Run.create(config, out)
+    run.save_labels()
     handler = _attach_log_file(out) if distributed.is_main() else logging.NullHandler()
     if distributed.is_main() and (removed := remove_stale_temporaries(out)):
         log.info("removed %d temporary file(s) left by an interrupted run", removed)

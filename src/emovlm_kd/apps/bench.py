@@ -8,9 +8,10 @@ The reference way (the public implementation, re-enacted here on our models):
 - distillation recomputes encoder features (and teacher logits) in every epoch.
 Our way: exact label scoring from one shared visual pass, batched, with caches.
 
-Every figure is a ratio of two timings taken in the same process on the same inputs,
-each the median of several runs, so a shared, noisy machine still gives stable numbers.
-Weights are random: speed does not depend on what a model has learnt.
+Every figure is a ratio of two timings taken in the same process on the same inputs. The
+inference ratios time the two ways batch by batch, back to back, and keep the median over
+several runs, so a shared, noisy machine still gives stable numbers. Weights are random:
+speed does not depend on what a model has learnt.
 """
 
 from __future__ import annotations
@@ -78,24 +79,16 @@ def _synchronize() -> None:
 
 def median_time(function, repeats: int, warm_up: bool = True) -> float:
     """Median wall time of `function()` over `repeats` runs, after one warm-up run."""
-    return paired_median_times({"only": function}, repeats, warm_up)["only"]
-
-
-def paired_median_times(functions: dict, repeats: int, warm_up: bool = True) -> dict[str, float]:
-    """Median wall time of each function, run in turns (a, b, a, b, ...), so that a slow
-    spell of a shared machine falls on all of them alike rather than on one."""
     if warm_up:
-        for function in functions.values():
-            function()
-    times = {name: [] for name in functions}
+        function()
+    times = []
     for _ in range(repeats):
-        for name, function in functions.items():
-            _synchronize()
-            started = time.perf_counter()
-            function()
-            _synchronize()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+        _synchronize()
+        started = time.perf_counter()
+        function()
+        _synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 class Models:
@@ -179,49 +172,76 @@ class Models:
 
     @torch.no_grad()
     def bare_forward(self, images: list[Image.Image]) -> None:
-        """One forward of prompt + image, keeping the last position's logits: the least any
-        prediction from the VLM costs."""
+        """One forward of prompt + image, keeping the last position's logits and no KV cache:
+        the least any prediction from the VLM costs."""
         inputs = self.adapter.to_device(self.adapter.encode(images, [self.prompt] * len(images)))
-        self.adapter.model(**inputs, logits_to_keep=1)
+        self.adapter.model(**inputs, logits_to_keep=1, use_cache=False)
 
 
 def inference_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
-    def reference():
-        for image in images:
+    """Per-image times of the reference and of ours at each batch size, and the ratios.
+
+    Each ratio comes from timings taken in pairs (see `paired_ratio`); the batch sweep
+    alone only picks our best batch size.
+    """
+
+    def reference(batch):
+        for image in batch:
             models.reference_predict(image)
 
-    def ours(batch_size: int):
-        def run():
-            for start in range(0, len(images), batch_size):
-                models.pipeline.predict_images(images[start : start + batch_size])
+    def floor(batch):
+        models.bare_forward(batch)
 
-        return run
-
-    def floor(batch_size: int):
-        def run():
-            for start in range(0, len(images), batch_size):
-                models.bare_forward(images[start : start + batch_size])
-
-        return run
-
-    count = len(images)
-    per_image = {"reference_batch1": median_time(reference, config.repeats) / count}
+    ours = models.pipeline.predict_images
+    count, repeats = len(images), config.repeats
+    per_image = {}
     for batch_size in config.batch_sizes:
-        per_image[f"ours_batch{batch_size}"] = median_time(ours(batch_size), config.repeats) / count
+        batches = _batches(images, batch_size)
+        per_image[f"ours_batch{batch_size}"] = median_time(lambda: [ours(b) for b in batches], repeats) / count
     best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
-    # The floor ratio compares two timings taken in turns at the best batch size (this
-    # second timing of ours is the one reported for that batch size).
-    paired = paired_median_times({"ours": ours(best), "floor": floor(best)}, config.repeats)
-    per_image[f"ours_batch{best}"] = paired["ours"] / count
-    per_image[f"floor_batch{best}"] = paired["floor"] / count
+    speedup1, per_image["reference_batch1"], per_image["ours_batch1"] = paired_ratio(
+        reference, ours, _batches(images, 1), repeats)
+    speedup, _, per_image[f"ours_batch{best}"] = paired_ratio(reference, ours, _batches(images, best), repeats)
+    floor_ratio, _, per_image[f"floor_batch{best}"] = paired_ratio(ours, floor, _batches(images, best), repeats)
     return {
         "seconds_per_image": per_image,
         "best_batch_size": best,
         "images_per_second_best": 1 / per_image[f"ours_batch{best}"],
-        "inference_speedup_batch1": per_image["reference_batch1"] / per_image["ours_batch1"],
-        "inference_speedup_batched": per_image["reference_batch1"] / per_image[f"ours_batch{best}"],
-        "floor_ratio": per_image[f"ours_batch{best}"] / per_image[f"floor_batch{best}"],
+        "inference_speedup_batch1": speedup1,
+        "inference_speedup_batched": speedup,
+        "floor_ratio": floor_ratio,
     }
+
+
+def _batches(images: list, size: int) -> list[list]:
+    return [images[start : start + size] for start in range(0, len(images), size)]
+
+
+def paired_ratio(first, second, batches: list[list], repeats: int) -> tuple[float, float, float]:
+    """The time of `first(batch)` over that of `second(batch)` for all batches, timed in pairs.
+
+    Each batch is run both ways one right after the other (which goes first alternates), so
+    the two timings of a pair see the same state of a shared, noisy machine. Returns the
+    median over repeats of the ratio, and each way's median time per image.
+    """
+    ways = (first, second)
+    for way in ways:  # warm-up
+        way(batches[0])
+    ratios, totals = [], ([], [])
+    for repeat in range(repeats):
+        spent = [0.0, 0.0]
+        for index, batch in enumerate(batches):
+            for which in ((0, 1) if (repeat + index) % 2 == 0 else (1, 0)):
+                _synchronize()
+                started = time.perf_counter()
+                ways[which](batch)
+                _synchronize()
+                spent[which] += time.perf_counter() - started
+        ratios.append(spent[0] / spent[1])
+        totals[0].append(spent[0])
+        totals[1].append(spent[1])
+    count = sum(len(batch) for batch in batches)
+    return statistics.median(ratios), statistics.median(totals[0]) / count, statistics.median(totals[1]) / count
 
 
 def training_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:

@@ -194,16 +194,16 @@ def load_teacher(name_or_path: str, labels: tuple[str, ...], seed: int = 0):
     if (timm_name := timm_model_name(name_or_path)) is not None:
         return _timm_teacher(timm_name, labels, seed)
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
-        config = AutoConfig.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
         trained_for_labels = tuple(config.id2label[i] for i in range(config.num_labels)) == tuple(labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if trained_for_labels:
-                model = AutoModelForImageClassification.from_pretrained(name_or_path)
+                model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=False)
             else:
                 model = AutoModelForImageClassification.from_pretrained(
-                    name_or_path, ignore_mismatched_sizes=True, **_label_maps(labels)
+                    name_or_path, ignore_mismatched_sizes=True, trust_remote_code=False, **_label_maps(labels)
                 )
     except OSError as error:
         raise UserError(

@@ -219,7 +219,7 @@ class VLMAdapter(ABC):
 
         from emovlm_kd.errors import UserError
 
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+        model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False).model_type
         if model_type != cls.model_type:
             # Loading into another family's class would only warn and leave weights random.
             raise UserError(f"{name_or_path} is a {model_type!r} model, not a {cls.model_type!r} one; "
@@ -228,7 +228,7 @@ class VLMAdapter(ABC):
         if quantize_4bit:
             kwargs["quantization_config"] = nf4_quantization()
         model = cls.model_class().from_pretrained(name_or_path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
         image_processor = cls.image_processor_class().from_pretrained(name_or_path)
         return cls(model, tokenizer, image_processor)
 
@@ -311,10 +311,24 @@ class VLMAdapter(ABC):
         return self.tokenizer(self.answer_text(answer) + self.end_of_turn, add_special_tokens=False).input_ids
 
     def scored_answer_ids(self, answers: list[str]) -> tuple[list[list[int]], int]:
-        """Token ids of each answer as scored, and how many leading tokens all share."""
+        """Token ids of each answer as scored, and how many leading tokens all share.
+
+        A label's score is the log-probability that the model writes its answer up to the
+        closing tokens every answer ends with (`'}`): the probability of the label itself,
+        as multiple-choice scoring usually defines it. The closing tokens are scored too
+        where one answer's tokens would otherwise begin another's (labels 'sad' and
+        'sadness'), since only they tell such answers apart.
+        """
         answer_ids = [self.tokenizer(self.answer_text(a), add_special_tokens=False).input_ids for a in answers]
         if len({tuple(ids) for ids in answer_ids}) != len(answers):
             raise ValueError("answers must be distinct")
+        closing = 0
+        while all(len(ids) > closing + 1 for ids in answer_ids) and len({ids[-1 - closing] for ids in answer_ids}) == 1:
+            closing += 1
+        if closing:
+            labels_only = [ids[:-closing] for ids in answer_ids]
+            if not any(a != b and b[: len(a)] == a for a in labels_only for b in labels_only):
+                answer_ids = labels_only
         shared = 0
         while all(len(ids) > shared + 1 for ids in answer_ids) and len({ids[shared] for ids in answer_ids}) == 1:
             shared += 1
@@ -388,9 +402,12 @@ class VLMAdapter(ABC):
         the shared opening is left out of the sum: a per-image constant, so a softmax over
         the K answers is unchanged, for less work.
         """
-        inputs = self.to_device(inputs)
         if visual is None:
+            inputs = self.to_device(inputs)
             visual = self.visual_tokens(inputs)
+        else:  # the pixels were encoded already: not copied to the device again
+            pixels_only = set(self.image_input_keys) - set(self.scoring_input_keys)
+            inputs = self.to_device({key: value for key, value in inputs.items() if key not in pixels_only})
         device, batch = self.device, inputs["input_ids"].shape[0]
         answer_ids, shared = self.scored_answer_ids(answers)
         plan = _PackedAnswers(answer_ids, shared, device)
