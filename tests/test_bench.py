@@ -37,3 +37,25 @@ def test_bad_bench_arguments_say_what_is_wrong(capsys):
     assert "unknown model preset" in capsys.readouterr().err
     assert main(["bench", "--batch-sizes", "4,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):
+    """The ratio is taken over pairs run one right after the other, in alternating order."""
+    import emovlm_kd.apps.bench as bench
+
+    clock, calls = [0.0], []
+
+    def way(name, cost):
+        def run(batch):
+            calls.append(name)
+            clock[0] += cost * len(batch)
+
+        return run
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    ratio, first, second = bench.paired_ratio(way("a", 3.0), way("b", 1.5), [[1, 2], [3, 4], [5]], repeats=3)
+    assert ratio == 2.0 and first == 3.0 and second == 1.5
+    timed = calls[2:]  # after one warm-up call of each
+    pairs = [timed[i : i + 2] for i in range(0, len(timed), 2)]
+    assert len(pairs) == 9 and all(sorted(pair) == ["a", "b"] for pair in pairs)
+    assert pairs[0] == ["a", "b"] and pairs[1] == ["b", "a"]  # which goes first alternates
