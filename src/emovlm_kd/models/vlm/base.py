@@ -148,6 +148,8 @@ class VLMAdapter(ABC):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.system_prompt = system_prompt
+        if tokenizer.pad_token is None:  # a few chat tokenizers have none: pad with end-of-turn
+            tokenizer.pad_token = self.end_of_turn
 
     # ---- family hooks -----------------------------------------------------------------
 
@@ -287,7 +289,7 @@ class VLMAdapter(ABC):
 
     @property
     def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_of_turn_id
+        return self.tokenizer.pad_token_id
 
     def fingerprint_modules(self) -> dict[str, torch.nn.Module]:
         """Modules whose weights decide the visual features (for cache keys)."""
@@ -357,20 +359,13 @@ class VLMAdapter(ABC):
         return inputs
 
     def _left_pad(self, sequences: list[list[int]], label_rows: list[list[int]] | None):
-        # Left padding puts every prompt's last token in the same column, so that answer
-        # continuations line up across the batch.
-        length = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, length - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, length - len(ids) :] = 1
-            if label_rows is not None:
-                labels[row, length - len(ids) :] = torch.tensor(label_rows[row])
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        # The tokenizer's own padding, on the left: every prompt's last token then sits in
+        # the same column, so that the answers scored after it line up across the batch.
+        inputs = dict(self.tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left",
+                                         return_attention_mask=True, return_tensors="pt"))
         if label_rows is not None:
-            inputs["labels"] = labels
+            length = inputs["input_ids"].shape[1]
+            inputs["labels"] = torch.tensor([[-100] * (length - len(row)) + row for row in label_rows])
         return inputs
 
     def to_device(self, inputs):
