@@ -37,6 +37,8 @@ def test_bad_bench_arguments_say_what_is_wrong(capsys):
     assert "unknown model preset" in capsys.readouterr().err
     assert main(["bench", "--batch-sizes", "4,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+    assert main(["bench", "--device", "gpu0"]) == 2
+    assert "is not a device" in capsys.readouterr().err
 
 
 def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):

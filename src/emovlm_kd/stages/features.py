@@ -54,14 +54,14 @@ def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.T
 
 
 def vlm_scores(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
-    """[N, K] log-likelihood of each label's answer under the tuned VLM, up to a per-image
+    """[N, K] log-likelihood of each label (its answer's tokens) under the tuned VLM, up to a per-image
     constant (the answers' shared opening), which a softmax over labels removes."""
     taxonomy = run.dataset.taxonomy
     prompt = classification_prompt(taxonomy)
     answers = [classification_answer(label) for label in taxonomy.labels]
     weights = sorted(run.stage_dir("instruct").glob("**/*.safetensors"))
     key = file_fingerprint(
-        *weights, base=run.preset.vlm, seed=run.config.seed, prompt=prompt, answers=answers, scoring="own-tokens"
+        *weights, base=run.preset.vlm, seed=run.config.seed, prompt=prompt, answers=answers, scoring="label-tokens"
     )
     cache = TensorCache(run.cache_root, "vlm_scores", key)
 
