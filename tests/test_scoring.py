@@ -113,3 +113,26 @@ def test_visual_tokens_are_shared_by_the_head_input(adapter):
     # Passing the shared visual tokens gives the same scores as recomputing them.
     answers = [classification_answer(label) for label in EMOTION6.labels]
     assert torch.equal(adapter.answer_logprobs(inputs, answers, visual=visual), adapter.answer_logprobs(inputs, answers))
+
+
+def test_attention_without_custom_masks_is_refused_in_one_sentence():
+    from emovlm_kd.errors import UserError
+    from emovlm_kd.models.vlm.qwen2_vl import Qwen2VLAdapter
+
+    adapter = Qwen2VLAdapter.tiny(seed=0)
+    adapter.model.config.get_text_config()._attn_implementation = "flash_attention_2"
+    inputs = adapter.encode(images()[:1], ["Which emotion?"])
+    with pytest.raises(UserError, match="attn_implementation='sdpa'"):
+        adapter.answer_logprobs(inputs, [classification_answer(label) for label in EMOTION6.labels])
+
+
+def test_eager_attention_scores_the_same():
+    from emovlm_kd.models.vlm.qwen2_vl import Qwen2VLAdapter
+
+    adapter = Qwen2VLAdapter.tiny(seed=0)
+    inputs = adapter.encode(images(), ["Which emotion?"] * 3)  # left padding included
+    answers = [classification_answer(label) for label in MIKELS8.labels]
+    sdpa = adapter.answer_logprobs(inputs, answers)
+    adapter.model.set_attn_implementation("eager")
+    assert adapter.model.config.get_text_config()._attn_implementation == "eager"
+    assert torch.allclose(adapter.answer_logprobs(inputs, answers), sdpa, atol=1e-4)

@@ -450,7 +450,10 @@ class VLMAdapter(ABC):
             dtype = self.model.dtype
             return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(dtype).min)
-        raise ValueError(f"exact label scoring needs 'sdpa' or 'eager' attention, not {implementation!r}")
+        from emovlm_kd.errors import UserError
+
+        raise UserError(f"exact label scoring needs 'sdpa' or 'eager' attention, not {implementation!r}; "
+                        "load the model with attn_implementation='sdpa'.")
 
     @torch.no_grad()
     def generate(
