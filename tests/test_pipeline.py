@@ -172,6 +172,26 @@ def test_a_run_predicts_without_its_training_data(trained, sample_root, tmp_path
     assert prediction.error is None and prediction.label in prediction.probs
 
 
+def test_cached_paths_never_load_the_vlm(trained, monkeypatch):
+    """With every feature cached, the gate inputs (evaluation, ablations) need no VLM."""
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages import instruct
+    from emovlm_kd.stages.features import VISUAL_FINGERPRINT_FILE
+    from emovlm_kd.stages.gate import gate_inputs
+
+    run = Run.open(trained[0])
+    expected = gate_inputs(run, ("test",))["test"]  # fills any missing cache rows
+    assert (trained[0] / "instruct" / VISUAL_FINGERPRINT_FILE).is_file()
+    assert run.is_done("instruct")
+
+    def refuse(run):
+        raise AssertionError("the VLM was loaded")
+
+    monkeypatch.setattr(instruct, "load_tuned_vlm", refuse)
+    again = gate_inputs(run, ("test",))["test"]
+    assert all(torch.equal(a, b) for a, b in zip(again, expected))
+
+
 def test_evaluate_cli(trained, capsys, tmp_path):
     run_dir, _, metrics = trained
     # Outputs go to tmp_path: the shared run folder stays as it was.

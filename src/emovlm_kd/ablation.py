@@ -45,19 +45,19 @@ def cached_tensors(run: Run) -> dict[str, SplitTensors]:
     """Every non-empty split's cached tensors (computed once if a cache is missing rows)."""
     from emovlm_kd.models.teacher import load_teacher
     from emovlm_kd.stages.features import teacher_logits, vlm_scores
-    from emovlm_kd.stages.instruct import load_tuned_vlm
+    from emovlm_kd.stages.instruct import TunedVLM
 
     for stage in ("teacher", "instruct", "distill", "gate"):
         run.require(stage)
-    adapter = load_tuned_vlm(run)
+    vlm = TunedVLM(run)  # loaded only if a cache misses rows
     teacher, processor = load_teacher(str(run.stage_dir("teacher")), run.dataset.taxonomy.labels)
     tensors = {}
-    for split, features in split_features(run, adapter).items():
+    for split, features in split_features(run, vlm).items():
         samples = run.dataset.splits[split]
         tensors[split] = SplitTensors(
             features=features,
             teacher=teacher_logits(run, teacher, processor, samples),
-            vlm_probs=vlm_scores(run, adapter, samples).softmax(-1),
+            vlm_probs=vlm_scores(run, vlm, samples).softmax(-1),
             labels=run.labels(samples),
         )
     return tensors

@@ -17,21 +17,21 @@ from emovlm_kd.models.head import DistillHead, HeadConfig
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
 from emovlm_kd.stages.features import teacher_logits, visual_features
-from emovlm_kd.stages.instruct import load_tuned_vlm
+from emovlm_kd.stages.instruct import TunedVLM
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
 
 log = logging.getLogger("emovlm_kd")
 
 
-def split_features(run: Run, adapter=None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Cached pooled visual features of the tuned VLM, for every non-empty split (or `splits`).
 
     The head reads exactly the visual tokens the tuned VLM computes at inference, so an
     adapter whose tuning touches the vision side (a projector, say) stays consistent.
     """
-    adapter = adapter or load_tuned_vlm(run)
+    vlm = vlm or TunedVLM(run)  # loaded only if a cache misses rows
     return {
-        split: visual_features(run, adapter, samples)
+        split: visual_features(run, vlm, samples)
         for split, samples in run.dataset.splits.items()
         if samples and (splits is None or split in splits)
     }

@@ -10,14 +10,40 @@ from __future__ import annotations
 
 import torch
 
+from emovlm_kd import distributed
 from emovlm_kd.cache import TensorCache, file_fingerprint, fingerprint
 from emovlm_kd.data.datasets import Sample
 from emovlm_kd.prompts import classification_answer, classification_prompt
+from emovlm_kd.io import read_json, write_json
 from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.stages.instruct import TunedVLM
+
+VISUAL_FINGERPRINT_FILE = "visual_fingerprint.json"
 
 
-def visual_features(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
+def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:
     """[N, D] pooled visual tokens of the (frozen) visual encoder."""
+    cache = TensorCache(run.cache_root, "visual", visual_fingerprint(run, vlm))
+
+    @torch.no_grad()
+    def compute(batch: list[Sample]) -> torch.Tensor:
+        adapter = vlm()
+        inputs = adapter.encode_images([load_rgb(sample.path) for sample in batch])
+        return adapter.visual_tokens(inputs).pooled().cpu()
+
+    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "visual features")
+
+
+def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:
+    """The visual-feature cache key: a hash of the visual encoder's weights and the image
+    processor's settings. Hashing needs the model loaded, so the key is kept in the instruct
+    stage's folder (replaced whole when that stage is redone) and read from there next time."""
+    saved = run.stage_dir("instruct") / VISUAL_FINGERPRINT_FILE
+    try:
+        return str(read_json(saved)["fingerprint"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    adapter = vlm()
     key = fingerprint(
         {
             f"{name}.{key}": value
@@ -27,14 +53,9 @@ def visual_features(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
         family=adapter.family,
         processor=adapter.image_processor.to_dict(),
     )
-    cache = TensorCache(run.cache_root, "visual", key)
-
-    @torch.no_grad()
-    def compute(batch: list[Sample]) -> torch.Tensor:
-        inputs = adapter.encode_images([load_rgb(sample.path) for sample in batch])
-        return adapter.visual_tokens(inputs).pooled().cpu()
-
-    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "visual features")
+    if distributed.is_main():
+        write_json(saved, {"fingerprint": key})
+    return key
 
 
 def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.Tensor:
@@ -53,7 +74,7 @@ def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.T
     return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "teacher logits")
 
 
-def vlm_scores(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
+def vlm_scores(run: Run, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:
     """[N, K] log-likelihood of each label (its answer's tokens) under the tuned VLM, up to a per-image
     constant (the answers' shared opening), which a softmax over labels removes."""
     taxonomy = run.dataset.taxonomy
@@ -66,6 +87,7 @@ def vlm_scores(run: Run, adapter, samples: list[Sample]) -> torch.Tensor:
     cache = TensorCache(run.cache_root, "vlm_scores", key)
 
     def compute(batch: list[Sample]) -> torch.Tensor:
+        adapter = vlm()
         inputs = adapter.encode([load_rgb(sample.path) for sample in batch], [prompt] * len(batch))
         return adapter.answer_logprobs(inputs, answers, include_shared=False).float().cpu()
 

@@ -18,7 +18,7 @@ from emovlm_kd.models.head import DistillHead
 from emovlm_kd.run import Run
 from emovlm_kd.stages.distill import split_features
 from emovlm_kd.stages.features import vlm_scores
-from emovlm_kd.stages.instruct import load_tuned_vlm
+from emovlm_kd.stages.instruct import TunedVLM
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
 
 log = logging.getLogger("emovlm_kd")
@@ -27,12 +27,12 @@ log = logging.getLogger("emovlm_kd")
 def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per split: (head logits [N, K], VLM class probabilities [N, K])."""
     head = DistillHead.from_pretrained(run.require("distill"))
-    adapter = load_tuned_vlm(run)
-    features = split_features(run, adapter, splits)
+    vlm = TunedVLM(run)  # loaded only if a cache misses rows
+    features = split_features(run, vlm, splits)
     inputs = {}
     with torch.no_grad():
         for split, values in features.items():
-            scores = vlm_scores(run, adapter, run.dataset.splits[split])
+            scores = vlm_scores(run, vlm, run.dataset.splits[split])
             inputs[split] = (head(values), scores.softmax(-1))
     return inputs
 

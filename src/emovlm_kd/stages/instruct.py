@@ -189,3 +189,17 @@ def load_tuned_vlm(run: Run):
         adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype, use_safetensors=True)
     adapter.model.eval()
     return adapter
+
+
+class TunedVLM:
+    """The run's tuned VLM, loaded on the first call: code that may find everything in
+    the caches (evaluation, ablations) then never loads a 7B model for nothing."""
+
+    def __init__(self, run: Run, adapter=None):
+        self.run = run
+        self._adapter = adapter
+
+    def __call__(self):
+        if self._adapter is None:
+            self._adapter = load_tuned_vlm(self.run)
+        return self._adapter

@@ -387,7 +387,8 @@ class VLMAdapter(ABC):
         visual: VisualTokens | None = None,
         include_shared: bool = True,
     ) -> torch.Tensor:
-        """[B, K] log-likelihood of every token of each answer given each prompt.
+        """[B, K] log-likelihood of each answer's scored tokens (`scored_answer_ids`: its
+        label's tokens) given each prompt.
 
         One forward pass per batch: each prompt is followed by the tokens all answers
         start with, then by every answer's own tokens side by side, and an attention mask
@@ -403,9 +404,9 @@ class VLMAdapter(ABC):
         else:  # the pixels were encoded already: not copied to the device again
             pixels_only = set(self.image_input_keys) - set(self.scoring_input_keys)
             inputs = self.to_device({key: value for key, value in inputs.items() if key not in pixels_only})
-        device, batch = self.device, inputs["input_ids"].shape[0]
+        batch = inputs["input_ids"].shape[0]
         answer_ids, shared = self.scored_answer_ids(answers)
-        plan = _PackedAnswers(answer_ids, shared, device)
+        plan = _PackedAnswers(answer_ids, shared, self.device)
 
         # Prompt, then the shared opening ("{'", "emotion", "':", " '"): ordinary tokens.
         prefix = plan.prefix.expand(batch, shared)
