@@ -3,6 +3,8 @@ asserted here: speed is checked by running `emovlm-kd bench`, not by timed unit 
 
 import json
 
+import pytest
+
 from emovlm_kd.apps.bench import TARGETS, Models, bench_images
 from emovlm_kd.apps.cli import main
 
@@ -61,3 +63,12 @@ def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):
     pairs = [timed[i : i + 2] for i in range(0, len(timed), 2)]
     assert len(pairs) == 9 and all(sorted(pair) == ["a", "b"] for pair in pairs)
     assert pairs[0] == ["a", "b"] and pairs[1] == ["b", "a"]  # which goes first alternates
+
+
+def test_the_7b_sized_preset_asks_for_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the preset would be built")
+    assert main(["bench", "--preset", "bench-7b", "--images", "1", "--repeats", "1", "--batch-sizes", "1"]) == 1
+    assert "needs a GPU" in capsys.readouterr().err

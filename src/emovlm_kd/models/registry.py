@@ -36,6 +36,8 @@ class ModelPreset:
     tiny_overrides: dict = field(default_factory=dict)
     # A hub model's published config values, to count its parameters without a download.
     published_config: dict | None = None
+    # Built straight into GPU memory in bf16 (a random model too large for CPU memory).
+    gpu_only: bool = False
 
     @property
     def offline(self) -> bool:
@@ -97,6 +99,7 @@ PRESETS: dict[str, ModelPreset] = {
                         "for GPU benchmarks (bf16, ~17 GB)",
             instruct_method="full",
             image_pixels=(448 * 448, 448 * 448),
+            gpu_only=True,
             tiny_overrides={"text": published_configs.QWEN2_VL_7B["text_config"],
                             "vision": published_configs.QWEN2_VL_7B["vision_config"],
                             "tie_word_embeddings": False},
@@ -269,6 +272,11 @@ def load_vlm(preset: ModelPreset, *, seed: int = 0, quantize_4bit: bool = False,
 
     adapter_class = get_adapter_class(preset.family)
     if preset.vlm.startswith(OFFLINE_PREFIX):
+        if preset.gpu_only:
+            if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+                raise UserError(f"the {preset.name} preset is built in GPU memory (it is far too large for a CPU) "
+                                "and needs a GPU; on a CPU, use the 'bench' preset.")
+            device, dtype = device or "cuda", dtype or default_dtype()
         kwargs = {"image_pixels": preset.image_pixels} if preset.image_pixels else {}
         return adapter_class.tiny(seed=seed, device=device, dtype=dtype, **kwargs, **preset.tiny_overrides)
     try:
