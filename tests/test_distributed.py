@@ -18,7 +18,10 @@ def torchrun(*argv, cwd: Path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--standalone", "-m", "emovlm_kd", *map(str, argv)]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # On failure, show where each rank failed: the first rank's error is the cause, the
+    # other's is usually only a broken connection.
+    failures = [line for line in result.stderr.splitlines() if "Error" in line or "error" in line]
+    assert result.returncode == 0, "\n".join(failures[:40]) + "\n...\n" + result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return result
 

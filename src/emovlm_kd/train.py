@@ -52,9 +52,10 @@ def train(
         raise UserError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}.", exit_code=2)
     out = Path(out)
     if force and (out / "config.yaml").exists():
-        distributed.barrier()
+        distributed.barrier()  # every rank has seen the old config before it goes
         if distributed.is_main():
             (out / "config.yaml").unlink()
+        distributed.barrier()  # and no rank reads it while it goes
     run = Run.create(config, out)
     run.save_labels()
     handler = _attach_log_file(out) if distributed.is_main() else logging.NullHandler()
