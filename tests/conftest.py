@@ -80,6 +80,14 @@ def trained(small_manifest, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def model(trained):
+    """The `trained` run's model, loaded once per session (the serving tests share it)."""
+    from emovlm_kd import EmoVLMKD
+
+    return EmoVLMKD.from_pretrained(trained[0])
+
+
+@pytest.fixture(scope="session")
 def evaluated(trained, tmp_path_factory):
     """`emovlm-kd evaluate --efficiency` on the trained run, into a folder of its own: (out, stdout)."""
     import contextlib

@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from reliability import tally
-from test_server_support import load_model
 
 from emovlm_kd.apps.cli import main
 from emovlm_kd.config import RunConfig, load_config
@@ -250,11 +249,6 @@ def test_special_files_are_refused_without_blocking(tmp_path):
 
 
 # ---- the predict path: one result per file, in order ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return load_model(str(trained[0]))
 
 
 def test_predict_cli_gives_every_file_its_row_in_order(trained, sample_root, tmp_path, capsys):

@@ -20,7 +20,7 @@ import urllib.parse
 import pytest
 from fastapi.testclient import TestClient
 from reliability import tally
-from test_server_support import live_server, load_model, sample_images
+from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.server.app import create_app
 from emovlm_kd.apps.server.batching import MicroBatcher
@@ -29,11 +29,6 @@ from emovlm_kd.apps.server.config import ServerConfig
 pytestmark = pytest.mark.reliability
 
 SOAK_REQUESTS = int(os.environ.get("EMOVLM_KD_SOAK_REQUESTS", "360"))
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return load_model(str(trained[0]))
 
 
 @pytest.fixture(scope="module")

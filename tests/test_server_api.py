@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_server_support import live_server, load_model, sample_images
+from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.cli import main
 from emovlm_kd.apps.server.app import create_app
@@ -21,11 +21,6 @@ from emovlm_kd.pipeline import Prediction
 from emovlm_kd.run import load_rgb
 
 MODEL_ID = "tiny-run"
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return load_model(str(trained[0]))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import pytest
 from test_server_support import (
     headless_chromium,
     live_server,
-    load_model,
     sample_images,
 )
 
@@ -26,8 +25,7 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(trained, browser):
-    model = load_model(str(trained[0]))
+def page(model, browser):
     with live_server(create_app(model, ServerConfig(model_name="tiny"))) as base:
         browser.get(base + "/")
         yield browser, base, model

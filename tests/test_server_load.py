@@ -14,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 import pytest
-from test_server_support import live_server, load_model, sample_images
+from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.server.app import create_app
 from emovlm_kd.apps.server.config import ServerConfig
@@ -30,11 +30,6 @@ class Outcome:
     status: int
     seconds: float
     problem: str | None  # why the answer is not a valid prediction or a clean 503
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return load_model(str(trained[0]))
 
 
 @pytest.fixture(scope="module")

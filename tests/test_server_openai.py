@@ -4,7 +4,7 @@ import base64
 
 import openai
 import pytest
-from test_server_support import live_server, load_model, sample_images
+from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.server.app import create_app
 from emovlm_kd.apps.server.config import ServerConfig
@@ -12,11 +12,6 @@ from emovlm_kd.run import load_rgb
 
 MODEL_ID = "emovlm-kd-tiny"
 KEY = "test-key-123"
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return load_model(str(trained[0]))
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,9 @@ import time
 
 from chromium import headless_chromium  # noqa: F401 - re-exported for the server tests
 
-from emovlm_kd.pipeline import EmoVLMKD
 
 
 @functools.cache
-def load_model(run_dir: str) -> EmoVLMKD:
-    """The `trained` fixture's model, loaded once per test session."""
-    return EmoVLMKD.from_pretrained(run_dir)
-
-
 def sample_images(sample_root, count: int) -> list:
     """`count` test-split PNG files, cycling through the labels."""
     files = sorted((sample_root / "test").rglob("*.png"))
