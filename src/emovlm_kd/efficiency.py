@@ -11,7 +11,8 @@ Norms, activations, softmax and rotary embeddings are left out (well under 1%).
 The VLM's workload is the one this project runs: the image and prompt are encoded once, the
 answer start common to every label is scored with them, and every label's remaining answer
 tokens follow in the same pass, side by side, each answer seeing only the prompt and itself
-(`VLMAdapter.answer_logprobs`); vocabulary logits are computed only at scored positions. (The reference implementation samples free text instead.)
+(`VLMAdapter.answer_logprobs`); vocabulary logits are computed only at scored positions.
+(The reference implementation samples free text instead.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,13 +103,13 @@ class Models:
         from emovlm_kd.labels import EMOTION6
         from emovlm_kd.models.gate import Gate, GateConfig
         from emovlm_kd.models.head import DistillHead, HeadConfig
-        from emovlm_kd.models.registry import get_preset, load_vlm
+        from emovlm_kd.models.registry import default_dtype, get_preset, load_vlm
         from emovlm_kd.models.teacher import load_teacher
         from emovlm_kd.pipeline import EmoVLMKD
 
         preset = get_preset(preset_name)
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dtype = default_dtype() if self.device.type == "cuda" else torch.float32
         torch.manual_seed(seed)
         adapter = load_vlm(preset, seed=seed, device=self.device, dtype=self.dtype)
         adapter.model.to(self.device)
@@ -323,7 +324,11 @@ DEPLOYMENTS = {"emovlm_kd": ("head", "gate"), "dual": ("teacher",)}
 
 def _resident_peak_mb() -> float:
     """This process's peak resident memory so far (VmHWM), in MB."""
-    for line in open("/proc/self/status").read().splitlines():
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: the peak since the process started
+        status = ""
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     import resource

@@ -13,8 +13,8 @@ import torch
 from emovlm_kd import distributed
 from emovlm_kd.cache import TensorCache, file_fingerprint, fingerprint
 from emovlm_kd.data.datasets import Sample
-from emovlm_kd.prompts import classification_answer, classification_prompt
 from emovlm_kd.io import read_json, write_json
+from emovlm_kd.prompts import classification_answer, classification_prompt
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.instruct import TunedVLM
 

@@ -195,9 +195,9 @@ class TunedVLM:
     """The run's tuned VLM, loaded on the first call: code that may find everything in
     the caches (evaluation, ablations) then never loads a 7B model for nothing."""
 
-    def __init__(self, run: Run, adapter=None):
+    def __init__(self, run: Run):
         self.run = run
-        self._adapter = adapter
+        self._adapter = None
 
     def __call__(self):
         if self._adapter is None:
