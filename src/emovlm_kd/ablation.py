@@ -17,7 +17,7 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.models.gate import GATE_VARIANTS
 from emovlm_kd.models.head import HIDDEN_WIDTHS
 from emovlm_kd.run import Run
-from emovlm_kd.stages.distill import split_features, train_head
+from emovlm_kd.stages.distill import distillation_set, split_features, train_head
 from emovlm_kd.stages.gate import train_gate_module
 from emovlm_kd.stages.tensor_training import accuracy
 
@@ -37,12 +37,20 @@ class SplitTensors:
 
     features: torch.Tensor  # [N, D] pooled visual tokens
     teacher: torch.Tensor  # [N, K] teacher logits
-    vlm_probs: torch.Tensor  # [N, K]
+    vlm_logprobs: torch.Tensor  # [N, K]
     labels: torch.Tensor  # [N]
 
 
-def cached_tensors(run: Run) -> dict[str, SplitTensors]:
-    """Every non-empty split's cached tensors (computed once if a cache is missing rows)."""
+@dataclass
+class AblationTensors:
+    splits: dict[str, SplitTensors]
+    # The head's training rows, every distillation view included (`distillation_set`).
+    distill: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def cached_tensors(run: Run) -> AblationTensors:
+    """Every non-empty split's cached tensors and the head's training rows (computed once
+    if a cache is missing rows)."""
     from emovlm_kd.models.teacher import load_teacher
     from emovlm_kd.stages.features import teacher_logits, vlm_scores
     from emovlm_kd.stages.instruct import TunedVLM
@@ -57,10 +65,10 @@ def cached_tensors(run: Run) -> dict[str, SplitTensors]:
         tensors[split] = SplitTensors(
             features=features,
             teacher=teacher_logits(run, teacher, processor, samples),
-            vlm_probs=vlm_scores(run, vlm, samples).softmax(-1),
+            vlm_logprobs=vlm_scores(run, vlm, samples).log_softmax(-1),
             labels=run.labels(samples),
         )
-    return tensors
+    return AblationTensors(tensors, distillation_set(run, vlm, teacher, processor))
 
 
 def run_settings(run: Run) -> dict:
@@ -85,12 +93,13 @@ def plan(base: dict, values: dict[str, list], grid: bool = False) -> list[dict]:
     return [dict(base, **{axis: value}, axis=axis) for axis in AXES if axis in values for value in values[axis]]
 
 
-def ablate(run: Run, settings: list[dict], tensors: dict[str, SplitTensors] | None = None) -> list[dict]:
+def ablate(run: Run, settings: list[dict], cached: AblationTensors | None = None) -> list[dict]:
     """Train a head and a gate per setting on the cached tensors; accuracy on val and test.
 
     The head trains on train (as the distill stage does), the gate on the run's gate split.
     """
-    tensors = tensors or cached_tensors(run)
+    cached = cached or cached_tensors(run)
+    tensors = cached.splits
     if "test" not in tensors:
         raise UserError(f"{run.dataset.root} has no test split; ablations report test accuracy.")
     base = run_settings(run)
@@ -103,15 +112,14 @@ def ablate(run: Run, settings: list[dict], tensors: dict[str, SplitTensors] | No
             config = dataclasses.replace(
                 run.config.distill, depth=setting["depth"], alpha=setting["alpha"], temperature=setting["temperature"]
             )
-            train = tensors["train"]
-            heads[head_key], _ = train_head(train.features, train.teacher, train.labels, config, run.config.seed)
+            heads[head_key], _ = train_head(*cached.distill, config, run.config.seed)
         head = heads[head_key]
         with torch.no_grad():
             head_logits = {split: head(values.features) for split, values in tensors.items()}
         gate_split = tensors[run.config.gate.split]
         gate, _ = train_gate_module(
             head_logits[run.config.gate.split],
-            gate_split.vlm_probs,
+            gate_split.vlm_logprobs,
             gate_split.labels,
             dataclasses.replace(run.config.gate, variant=setting["gate"]),
             num_labels,
@@ -123,6 +131,6 @@ def ablate(run: Run, settings: list[dict], tensors: dict[str, SplitTensors] | No
                 if split in tensors:
                     values = tensors[split]
                     row[f"head_{split}"] = accuracy(head_logits[split], values.labels)
-                    row[f"fused_{split}"] = accuracy(gate(head_logits[split], values.vlm_probs), values.labels)
+                    row[f"fused_{split}"] = accuracy(gate(head_logits[split], values.vlm_logprobs), values.labels)
         rows.append(row)
     return rows

@@ -48,7 +48,8 @@ class TeacherStageConfig:
 
 @dataclass
 class InstructStageConfig:
-    # JSONL of {image, label, key_elements, reasoning}; None trains on classification alone.
+    # JSONL of {image, label, key_elements, reasoning} (from `emovlm-kd annotate`): the
+    # observation and inference tasks. Must be set: 'none' tunes on classification alone.
     annotations: str | None = None
     # auto: QLoRA with bitsandbytes on a GPU, else LoRA (or the preset's own choice, 'full'
     # for randomly initialised offline VLMs). Also: qlora, lora, full.
@@ -69,6 +70,10 @@ class InstructStageConfig:
     report_to: str = "none"
     # Annotations flagged by the checks (label leaked, section missing) are left out unless set.
     include_flagged: bool = False
+    # Keep each training image's visual tokens in memory after its first pass and reuse them
+    # for its other tasks and epochs (the vision side is frozen, so they never change).
+    # Costs tokens x width x images of memory: for small datasets (the demo), not FI at 7B.
+    reuse_visual_tokens: bool = False
 
 
 @dataclass
@@ -81,6 +86,10 @@ class DistillStageConfig:
     weight_decay: float = 1e-4
     epochs: int = 5
     batch_size: int = 32
+    # Augmented views of each training image distilled besides the image itself (crop,
+    # rotation, flip, colour; the teacher's logits taken on the same view). 0: the paper's
+    # setting. The KL term needs no new labels, so views carry more of the teacher cheaply.
+    views: int = 0
 
 
 @dataclass
@@ -90,8 +99,9 @@ class GateStageConfig:
     weight_decay: float = 1e-4
     epochs: int = 10
     batch_size: int = 32
-    # Split whose cached head logits and VLM probabilities train the gate.
-    split: str = "train"
+    # Split whose cached head logits and VLM log-probabilities train the gate: held-out data
+    # (val), where both experts are as (un)sure as on new images. 'train' is allowed, with a warning.
+    split: str = "val"
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from emovlm_kd.data.datasets import SPLITS, Sample, get_dataset_preset
 from emovlm_kd.errors import UserError
 from emovlm_kd.labels import TAXONOMIES
-from emovlm_kd.metrics import classification_report, complementarity
+from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals, classification_report, complementarity, paired_bootstrap
 from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
@@ -61,15 +61,15 @@ def score_run(run: Run, split: str = "test") -> Scores:
     samples = [sample for name in names for sample in run.dataset.splits[name]]
     inputs = gate_inputs(run, names)
     head_logits = torch.cat([inputs[name][0] for name in names])
-    vlm_probs = torch.cat([inputs[name][1] for name in names])
+    vlm_logprobs = torch.cat([inputs[name][1] for name in names])
     teacher, processor = load_teacher(str(run.stage_dir("teacher")), run.dataset.taxonomy.labels)
     gate = Gate.from_pretrained(run.stage_dir("gate"))
     with torch.no_grad():
         probs = {
             "teacher": teacher_logits(run, teacher, processor, samples).softmax(-1),
-            "vlm": vlm_probs,
+            "vlm": vlm_logprobs.exp(),
             "head": head_logits.softmax(-1),
-            "emovlm_kd": gate(head_logits, vlm_probs).softmax(-1),
+            "emovlm_kd": gate(head_logits, vlm_logprobs).softmax(-1),
         }
     return Scores(samples, run.labels(samples), run.dataset.taxonomy.labels, probs, split)
 
@@ -98,6 +98,17 @@ def summarize(scores: Scores, run: Run, own_data: bool = True) -> dict:
     result.update(
         {name: classification_report(scores.probs[name], scores.labels, scores.class_names) for name in MODELS}
     )
+    # Uncertainty: the same bootstrap resamples of the images for every model, so that
+    # differences between models are paired.
+    num_labels = len(scores.class_names)
+    predicted = {name: scores.probs[name].argmax(-1) for name in MODELS}
+    index = bootstrap_index(len(scores.labels))
+    for name in MODELS:
+        result[name]["ci95"] = bootstrap_intervals(predicted[name], scores.labels, num_labels, index)
+    result["paired"] = {
+        f"emovlm_kd_minus_{other}": paired_bootstrap(predicted["emovlm_kd"], predicted[other], scores.labels, num_labels, index)
+        for other in ("vlm", "head")
+    }
     result["complementarity"] = {
         f"{first}_{second}": dict(
             complementarity(correct[first], correct[second], correct["emovlm_kd"]), first=first, second=second
@@ -152,12 +163,24 @@ def with_data(run: Run, root: str, dataset: str | None = None) -> Run:
 
 def format_table(metrics: dict) -> str:
     lines = [
-        f"{metrics['split']} split, {metrics['images']} images",
-        f"{'model':<20} {'accuracy':>9} {'macro-F1':>9} {'ECE':>7}",
+        f"{metrics['split']} split, {metrics['images']} images (95% bootstrap intervals)",
+        f"{'model':<20} {'accuracy':>22} {'macro-F1':>22} {'ECE':>7}",
     ]
     for name in MODELS:
         row = metrics[name]
         lines.append(
-            f"{MODEL_TITLES[name]:<20} {100 * row['accuracy']:>8.2f}% {100 * row['macro_f1']:>8.2f}% {row['ece']:>7.3f}"
+            f"{MODEL_TITLES[name]:<20} {_with_interval(row['accuracy'], row['ci95']['accuracy']):>22} "
+            f"{_with_interval(row['macro_f1'], row['ci95']['macro_f1']):>22} {row['ece']:>7.3f}"
+        )
+    for other in ("vlm", "head"):
+        paired = metrics["paired"][f"emovlm_kd_minus_{other}"]["accuracy"]
+        low, high = paired["ci95"]
+        lines.append(
+            f"EmoVLM-KD minus {MODEL_TITLES[other]}: {100 * paired['difference']:+.1f} points accuracy "
+            f"(paired 95% interval {100 * low:+.1f} to {100 * high:+.1f})"
         )
     return "\n".join(lines)
+
+
+def _with_interval(value: float, interval: list[float]) -> str:
+    return f"{100 * value:.1f}% [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"

@@ -5,7 +5,9 @@ Conventions (the report and the tests that recount them rely on these):
 - precision of a class never predicted is 0, recall of a class absent from the truth is 0;
 - macro-F1 averages F1 over the classes present in the truth or the predictions;
 - calibration uses the top-1 probability as confidence, in `CALIBRATION_BINS` equal-width
-  bins over (0, 1], a bin holding confidences in (lower, upper].
+  bins over (0, 1], a bin holding confidences in (lower, upper];
+- uncertainty is a 95% percentile bootstrap over images (`BOOTSTRAP_RESAMPLES` resamples,
+  seeded); comparisons of two models resample the same images for both (paired).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 
 CALIBRATION_BINS = 15
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -132,3 +135,62 @@ def complementarity(first: torch.Tensor, second: torch.Tensor, fused: torch.Tens
         "fused_accuracy": fused_accuracy,
         "gap_recovered": (fused_accuracy - best_single) / gap if gap > 0 else None,
     }
+
+
+def _confusions(predicted: torch.Tensor, labels: torch.Tensor, num_labels: int, index: torch.Tensor) -> torch.Tensor:
+    """[R, K, K] confusion matrices of R resamples, each a row of `index` [R, N]."""
+    resamples = index.shape[0]
+    cells = labels[index] * num_labels + predicted[index]  # [R, N]
+    offsets = torch.arange(resamples)[:, None] * num_labels * num_labels
+    counts = torch.bincount((cells + offsets).flatten(), minlength=resamples * num_labels * num_labels)
+    return counts.reshape(resamples, num_labels, num_labels)
+
+
+def _scores(confusions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[R] accuracy and macro-F1 of each confusion matrix [R, K, K] (as `macro_f1` defines it)."""
+    true_positive = confusions.diagonal(dim1=1, dim2=2).double()
+    truth, predicted = confusions.sum(2).double(), confusions.sum(1).double()
+    f1 = 2 * true_positive / (truth + predicted).clamp_min(1)
+    present = (truth + predicted) > 0
+    return {
+        "accuracy": true_positive.sum(1) / confusions.sum((1, 2)).clamp_min(1),
+        "macro_f1": (f1 * present).sum(1) / present.sum(1).clamp_min(1),
+    }
+
+
+def bootstrap_index(images: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> torch.Tensor:
+    """[R, N] image indices of R bootstrap resamples, the same for every model (paired)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(images, (resamples, images), generator=generator)
+
+
+def bootstrap_intervals(predicted: torch.Tensor, labels: torch.Tensor, num_labels: int, index: torch.Tensor) -> dict:
+    """95% percentile bootstrap intervals of accuracy and macro-F1: {metric: [low, high]}."""
+    scores = _scores(_confusions(predicted, labels, num_labels, index))
+    return {name: _percentiles(values) for name, values in scores.items()}
+
+
+def paired_bootstrap(
+    predicted: torch.Tensor, baseline: torch.Tensor, labels: torch.Tensor, num_labels: int, index: torch.Tensor
+) -> dict:
+    """`predicted` minus `baseline` in accuracy and macro-F1 on the same images: the observed
+    difference, its 95% interval over paired resamples, and the share of resamples in which
+    `predicted` is not better (a one-sided bootstrap p-value)."""
+    everything = torch.arange(len(labels))[None]
+    result = {}
+    observed = {name: _scores(_confusions(predicted, labels, num_labels, everything))[name]
+                - _scores(_confusions(baseline, labels, num_labels, everything))[name] for name in ("accuracy", "macro_f1")}
+    ours = _scores(_confusions(predicted, labels, num_labels, index))
+    theirs = _scores(_confusions(baseline, labels, num_labels, index))
+    for name in ("accuracy", "macro_f1"):
+        difference = ours[name] - theirs[name]
+        result[name] = {
+            "difference": float(observed[name][0]),
+            "ci95": _percentiles(difference),
+            "p_not_better": float((difference <= 0).double().mean()),
+        }
+    return result
+
+
+def _percentiles(values: torch.Tensor) -> list[float]:
+    return [float(values.quantile(0.025)), float(values.quantile(0.975))]

@@ -89,9 +89,9 @@ class EmoVLMKD:
         inputs = self.adapter.to_device(self.adapter.encode(images, [self.prompt] * len(images)))
         visual = self.adapter.visual_tokens(inputs)  # the one visual-encoder pass
         head_logits = self.head(visual.pooled().to(self.adapter.device))
-        vlm_probs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual, include_shared=False).softmax(-1)
-        fused = self.gate(head_logits, vlm_probs).softmax(-1).cpu()
-        head_probs, vlm_probs = head_logits.softmax(-1).cpu(), vlm_probs.cpu()
+        vlm_logprobs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual, include_shared=False).log_softmax(-1)
+        fused = self.gate(head_logits, vlm_logprobs).softmax(-1).cpu()
+        head_probs, vlm_probs = head_logits.softmax(-1).cpu(), vlm_logprobs.exp().cpu()
         explanations = [None] * len(images)
         if explain:
             prompts = self.adapter.encode(images, [EXPLANATION_PROMPT] * len(images))

@@ -57,6 +57,10 @@ def train(
             (out / "config.yaml").unlink()
         distributed.barrier()  # and no rank reads it while it goes
     run = Run.create(config, out)
+    if "instruct" in stages and (force or not run.is_done("instruct")):
+        from emovlm_kd.stages.instruct import annotations_file
+
+        annotations_file(config.instruct)  # refuses a silent classification-only run up front
     run.save_labels()
     handler = _attach_log_file(out) if distributed.is_main() else logging.NullHandler()
     if distributed.is_main() and (removed := remove_stale_temporaries(out)):

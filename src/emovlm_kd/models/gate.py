@@ -1,7 +1,13 @@
-"""The gate that fuses the head's logits with the VLM's class probabilities.
+"""The gate that fuses the head's prediction with the VLM's.
 
 Five variants from the paper, chosen by name; `concat_linear` was the best there.
-Every variant maps (head_logits [B, K], vlm_probs [B, K]) to fused logits [B, K].
+Every variant maps (head logits [B, K], VLM label log-probabilities [B, K]) to fused
+logits [B, K]. Both inputs are first put on one scale, log-probabilities (a log-softmax
+over the K labels), so neither input dominates by its range alone.
+
+Every variant starts as the product of the two experts: its untrained output is
+log p_head + log p_vlm (up to a constant per image), a sensible fusion before any training,
+and one that keeps a label both experts agree on. Training then learns where to move from it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,22 @@ class GateConfig:
             raise ValueError(f"unknown gate variant {self.variant!r}; choose one of: {', '.join(GATE_VARIANTS)}")
 
 
+def _product_of_experts(k: int) -> nn.Linear:
+    # Linear(2K -> K) with weight [I | I] and no bias: log p_head + log p_vlm.
+    layer = nn.Linear(2 * k, k)
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([torch.eye(k), torch.eye(k)], dim=1))
+        layer.bias.zero_()
+    return layer
+
+
+def _zeros(layer: nn.Module) -> nn.Module:
+    # A layer whose first output is 0 whatever its input: a neutral start for a correction.
+    for parameter in layer.parameters():
+        nn.init.zeros_(parameter)
+    return layer
+
+
 class Gate(SavableModule):
     config_class = GateConfig
 
@@ -35,36 +57,39 @@ class Gate(SavableModule):
         self.config = config
         k = config.num_labels
         if config.variant == "concat_linear":
-            self.fuse = nn.Linear(2 * k, k)
+            self.fuse = _product_of_experts(k)
         elif config.variant == "bilinear":
-            self.fuse = nn.Bilinear(k, k, k)
+            # Bilinear interactions on top of the linear terms; the interactions start at 0.
+            self.interact = _zeros(nn.Bilinear(k, k, k))
+            self.fuse = _product_of_experts(k)
         elif config.variant == "mixture":
-            self.experts = nn.ModuleList(nn.Linear(2 * k, k) for _ in range(config.num_experts))
-            self.router = nn.Linear(2 * k, config.num_experts)
+            self.experts = nn.ModuleList(_product_of_experts(k) for _ in range(config.num_experts))
+            self.router = _zeros(nn.Linear(2 * k, config.num_experts))
         elif config.variant == "dynamic":
-            self.router = nn.Linear(2 * k, 2)
+            self.router = _zeros(nn.Linear(2 * k, 2))
         elif config.variant == "cross":
-            self.gate_head = nn.Linear(k, k)
-            self.gate_vlm = nn.Linear(k, k)
-            self.fuse = nn.Linear(2 * k, k)
+            self.gate_head = _zeros(nn.Linear(k, k))
+            self.gate_vlm = _zeros(nn.Linear(k, k))
+            self.fuse = _product_of_experts(k)
 
-    def forward(self, head_logits: torch.Tensor, vlm_probs: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([head_logits, vlm_probs], dim=-1)  # [B, 2K]
+    def forward(self, head_logits: torch.Tensor, vlm_logprobs: torch.Tensor) -> torch.Tensor:
+        head = head_logits.log_softmax(-1)  # [B, K] log-probabilities
+        vlm = vlm_logprobs.log_softmax(-1)  # [B, K]; a no-op on normalised log-probabilities
+        both = torch.cat([head, vlm], dim=-1)  # [B, 2K]
         variant = self.config.variant
         if variant == "concat_linear":
             return self.fuse(both)
         if variant == "bilinear":
-            return self.fuse(head_logits, vlm_probs)
+            return self.fuse(both) + self.interact(head.exp(), vlm.exp())
         if variant == "mixture":
             weights = self.router(both).softmax(-1)  # [B, E]
             experts = torch.stack([expert(both) for expert in self.experts], dim=1)  # [B, E, K]
             return (weights[..., None] * experts).sum(1)
         if variant == "dynamic":
-            # Mix the two distributions with per-image weights; log keeps it a logit vector.
-            weights = self.router(both).softmax(-1)  # [B, 2]
-            mixed = weights[:, :1] * head_logits.softmax(-1) + weights[:, 1:] * vlm_probs
-            return mixed.clamp_min(1e-8).log()
-        # cross: each input decides, through a sigmoid, how much of the other passes.
-        head_gated = head_logits * torch.sigmoid(self.gate_head(vlm_probs))
-        vlm_gated = vlm_probs * torch.sigmoid(self.gate_vlm(head_logits))
+            # Per-image weights of the two log-probabilities; 1 and 1 at the start.
+            weights = 2 * self.router(both).softmax(-1)  # [B, 2]
+            return weights[:, :1] * head + weights[:, 1:] * vlm
+        # cross: each input decides, through a sigmoid, how much of the other passes (all at the start).
+        head_gated = head * 2 * torch.sigmoid(self.gate_head(vlm.exp()))
+        vlm_gated = vlm * 2 * torch.sigmoid(self.gate_vlm(head.exp()))
         return self.fuse(torch.cat([head_gated, vlm_gated], dim=-1))

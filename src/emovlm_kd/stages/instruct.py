@@ -63,10 +63,10 @@ def build_examples(run: Run) -> tuple[list[Example], dict]:
         for s in train
     ]
     summary = {"classification": len(examples), "observation": 0, "inference": 0, "flagged_excluded": 0}
-    if config.annotations:
+    if annotations_file(config) is not None:
         data_root = Path(run.config.data.root)
         # Relative image paths are relative to the dataset folder (a manifest's folder).
-        records = read_annotations(config.annotations, taxonomy, [data_root.parent if data_root.is_file() else data_root])
+        records = read_annotations(annotations_file(config), taxonomy, [data_root.parent if data_root.is_file() else data_root])
         by_image = {record.image: record for record in records}
         for sample in train:
             record = by_image.get(sample.path.resolve())
@@ -83,6 +83,15 @@ def build_examples(run: Run) -> tuple[list[Example], dict]:
     return examples, summary
 
 
+def annotations_file(config) -> str | None:
+    """The instruct config's annotation file; None where it says `none` (classification alone)."""
+    if config.annotations is None:
+        raise UserError("instruct.annotations is not set, so instruction tuning would train the classification task "
+                        "alone; point it at the JSONL that `emovlm-kd annotate` writes, or set "
+                        "instruct.annotations=none to tune on classification only.")
+    return None if config.annotations.strip().lower() == "none" else config.annotations
+
+
 def keep_answer_logits(inputs: dict) -> dict:
     """Compute vocabulary logits only where the loss needs them.
 
@@ -95,6 +104,30 @@ def keep_answer_logits(inputs: dict) -> dict:
     answer_columns = (labels != -100).any(dim=0).nonzero()
     keep = labels.shape[1] - int(answer_columns[0]) + 1
     return dict(inputs, labels=labels[:, -keep:], logits_to_keep=keep)
+
+
+class VisualTokenReuse:
+    """Each image's visual tokens, computed on its first batch and handed to the language
+    model afterwards instead of its pixels: the frozen vision side runs once per image, not
+    once per (task, epoch). The model takes them as `mm_encoder_outputs`, as in scoring."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.tokens: dict[Path, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def replace_pixels(self, inputs: dict, paths: list[Path], images: list) -> dict:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        missing = [index for index, path in enumerate(paths) if path not in self.tokens]
+        if missing:
+            encoded = self.adapter.encode_images([images[index] for index in missing])
+            for index, tokens in zip(missing, self.adapter.visual_tokens(encoded).per_image):
+                self.tokens[paths[index]] = tokens.detach()  # [tokens_i, D]
+        pixels_only = set(self.adapter.image_input_keys) - set(self.adapter.scoring_input_keys)
+        kept = {key: value for key, value in inputs.items() if key not in pixels_only}
+        encoder_output = BaseModelOutputWithPooling(pooler_output=tuple(self.tokens[path] for path in paths))
+        return dict(kept, mm_encoder_outputs={"image": encoder_output})
 
 
 def apply_lora(adapter, config, quantized: bool):
@@ -132,12 +165,13 @@ def train_instruct(run: Run) -> dict:
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+    reuse = VisualTokenReuse(adapter) if config.reuse_visual_tokens else None
+
     def collate(batch: list[Example]):
-        inputs = adapter.encode(
-            [load_rgb(example.image) for example in batch],
-            [example.prompt for example in batch],
-            [example.answer for example in batch],
-        )
+        images = [load_rgb(example.image) for example in batch]
+        inputs = adapter.encode(images, [example.prompt for example in batch], [example.answer for example in batch])
+        if reuse is not None:
+            inputs = reuse.replace_pixels(inputs, [example.image for example in batch], images)
         return keep_answer_logits(inputs)
 
     stage_dir = run.stage_dir("instruct")
@@ -177,14 +211,31 @@ def train_instruct(run: Run) -> dict:
     return metrics
 
 
+def tuned_loading(run: Run) -> dict[str, bool]:
+    """How to load the run's tuned VLM so that it is the model that was tuned.
+
+    A QLoRA adapter was trained against the 4-bit base: the base is loaded in 4 bits again
+    and the adapter kept unmerged (merging into a bf16 base would score another model).
+    LoRA and full tuning load the base as it was and merge the adapter for speed.
+    """
+    method = run.stage_metrics("instruct").get("method")
+    return {"quantize_4bit": method == "qlora", "merge": method != "qlora"}
+
+
 def load_tuned_vlm(run: Run):
-    """The VLM with the run's instruction tuning applied (LoRA merged for inference speed)."""
+    """The VLM with the run's instruction tuning applied (see `tuned_loading`)."""
     stage_dir = run.require("instruct")
-    adapter = load_vlm(run.preset, seed=run.config.seed)
+    loading = tuned_loading(run)
+    if loading["quantize_4bit"]:
+        resolve_method("qlora", run.preset.instruct_method)  # one sentence where no GPU or bitsandbytes
+    adapter = load_vlm(run.preset, seed=run.config.seed, quantize_4bit=loading["quantize_4bit"])
     if (stage_dir / "adapter").is_dir():
         from peft import PeftModel
 
-        adapter.model = PeftModel.from_pretrained(adapter.model, stage_dir / "adapter").merge_and_unload()
+        tuned = PeftModel.from_pretrained(adapter.model, stage_dir / "adapter")
+        # Unmerged: the base model with the LoRA layers injected in place (the family's
+        # attribute paths stay as they are).
+        adapter.model = tuned.merge_and_unload() if loading["merge"] else tuned.get_base_model()
     else:
         adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype, use_safetensors=True)
     adapter.model.eval()

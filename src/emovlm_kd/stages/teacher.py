@@ -9,12 +9,12 @@ import torch
 from transformers import Trainer
 
 from emovlm_kd import distributed
+from emovlm_kd.augment import train_augment
 from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.teacher import (
     load_teacher,
     save_teacher,
     teacher_image_size,
-    train_augment,
 )
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.features import teacher_logits

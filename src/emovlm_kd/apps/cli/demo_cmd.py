@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample dataset: {summary['images']} images in {data}")
     config_file = resources.files("emovlm_kd") / "configs" / "demo.yaml"
     with resources.as_file(config_file) as path:
-        config = load_config(path, [f"data.root={data}", f"cache_dir={out.parent / 'cache'}", *args.overrides])
+        config = load_config(path, [f"data.root={data}", f"instruct.annotations={data / 'annotations.jsonl'}",
+                                    f"cache_dir={out.parent / 'cache'}", *args.overrides])
     _, metrics = train(config, out)
     print(format_table(metrics))
     print(f"run folder: {out}  (try: emovlm-kd predict --run {out} {data}/test)")

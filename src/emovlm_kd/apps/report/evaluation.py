@@ -10,17 +10,49 @@ from emovlm_kd.evaluation import MODEL_TITLES, MODELS
 
 def summary_table(metrics: dict) -> Table:
     return Table(
-        ["model", "accuracy", "macro-F1", "ECE"],
+        ["model", "accuracy", "95% interval", "macro-F1", "95% interval", "ECE"],
         [
             [
                 MODEL_TITLES[m],
                 percent(metrics[m]["accuracy"]),
+                interval(metrics[m]["ci95"]["accuracy"]),
                 percent(metrics[m]["macro_f1"]),
+                interval(metrics[m]["ci95"]["macro_f1"]),
                 f"{metrics[m]['ece']:.3f}",
             ]
             for m in MODELS
         ],
     )
+
+
+def interval(bounds: list[float]) -> str:
+    return f"{100 * bounds[0]:.1f} to {100 * bounds[1]:.1f}%"
+
+
+def paired_table(metrics: dict) -> Table:
+    rows = []
+    for other in ("vlm", "head"):
+        for metric, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            paired = metrics["paired"][f"emovlm_kd_minus_{other}"][metric]
+            low, high = paired["ci95"]
+            rows.append([
+                f"EmoVLM-KD minus {MODEL_TITLES[other]}", title, f"{100 * paired['difference']:+.1f}",
+                f"{100 * low:+.1f} to {100 * high:+.1f}", f"{paired['p_not_better']:.3f}",
+            ])
+    return Table(["comparison", "metric", "difference (points)", "paired 95% interval", "share of resamples not better"],
+                 rows)
+
+
+def gap_in_words(pair: dict) -> str:
+    """How the fused model stands against the better single model and the oracle, in words:
+    a ratio is meaningless where the fusion is below the better model or there is no gap."""
+    gap_recovered = pair["gap_recovered"]
+    if pair["fused_accuracy"] < pair["best_single"]:
+        points = 100 * (pair["best_single"] - pair["fused_accuracy"])
+        return f"none: EmoVLM-KD is {points:.1f} points below the better single model"
+    if gap_recovered is None:
+        return "no gap: the oracle is no better than the better single model"
+    return percent(gap_recovered)
 
 
 def complementarity_table(pair: dict) -> Table:
@@ -39,7 +71,7 @@ def complementarity_table(pair: dict) -> Table:
         ],
         ["oracle (either right)", "", percent(pair["oracle"]), ""],
         ["EmoVLM-KD (gated)", "", percent(pair["fused_accuracy"]), ""],
-        ["share of the gap to the oracle recovered", "", percent(pair["gap_recovered"]), ""],
+        ["share of the gap to the oracle recovered", "", gap_in_words(pair), ""],
     ]
     return Table(["images", "count", "share", "EmoVLM-KD right"], rows)
 
@@ -101,7 +133,12 @@ def evaluation_blocks(metrics: dict, stages: dict[str, dict], efficiency: dict |
         )
     blocks += [
         Heading("Scores"),
+        Text("Intervals: 95% percentile bootstrap over the images (2,000 resamples)."),
         summary_table(metrics),
+        Heading("Is the fusion better?", 3),
+        Text("Paired bootstrap: each resample of the images scores both models, so the interval is that of the "
+             "difference itself. An interval above 0 means the fused model is better on data like this."),
+        paired_table(metrics),
         Figure(
             "confusion",
             "Confusion matrices (rows: true class; colour: share of the row).",

@@ -103,8 +103,8 @@ def tiny_tokenizer(special_tokens: tuple[str, ...] = ()):
     return tokenizer
 
 
-def nf4_quantization():
-    """QLoRA as in the paper: NF4 base weights, bf16 compute."""
+def nf4_quantization(skip_modules: list[str]):
+    """QLoRA as in the paper: NF4 base weights, bf16 compute; `skip_modules` stay unquantised."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -112,6 +112,7 @@ def nf4_quantization():
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,
         bnb_4bit_use_double_quant=True,
+        llm_int8_skip_modules=skip_modules,
     )
 
 
@@ -228,7 +229,8 @@ class VLMAdapter(ABC):
                             "give it by its id or folder alone, or choose a preset of its family.")
         kwargs = {"dtype": dtype}
         if quantize_4bit:
-            kwargs["quantization_config"] = nf4_quantization()
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+            kwargs["quantization_config"] = nf4_quantization(cls.quantization_skip_modules(config))
         model = cls.model_class().from_pretrained(name_or_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
         image_processor = cls.image_processor_class().from_pretrained(name_or_path)
@@ -264,6 +266,21 @@ class VLMAdapter(ABC):
                 torch.set_default_dtype(previous_dtype)
         model.eval()
         return cls(model, tokenizer, cls.tiny_image_processor(config, image_pixels))
+
+    @classmethod
+    def quantization_skip_modules(cls, config) -> list[str]:
+        """Module names 4-bit loading must leave alone: the vision side (whose visual tokens the
+        head reads and the tuned model was trained on) and the output projection.
+
+        Built on the meta device, so the names come from the family's own `vision_modules`.
+        """
+        with torch.device("meta"):
+            model = cls.model_class()(config)
+        shell = cls.__new__(cls)  # an adapter around the meta model, only to ask it for modules
+        shell.model = model
+        names = {id(module): name for name, module in model.named_modules()}
+        vision = [names[id(module)] for module in shell.vision_modules().values() if id(module) in names]
+        return [*vision, "lm_head"]
 
     @classmethod
     def count_parameters(cls, config) -> int:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 from torch import nn
 
@@ -22,6 +23,10 @@ TINY_TEXT = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, 
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096}
 TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                "image_size": 56, "patch_size": 14}
+
+
+# Towers trained on ImageNet-normalised pixels, unlike CLIP's own statistics (the default).
+PIXEL_STATISTICS = {"dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
 class LlavaAdapter(VLMAdapter):
@@ -37,18 +42,28 @@ class LlavaAdapter(VLMAdapter):
 
     @classmethod
     def tiny_config(cls, **overrides):
-        """A LLaVA-1.5 of ~10M parameters: CLIP 56 px (4x4 patches), a Llama text model."""
-        text = dict(TINY_TEXT, model_type="llama", **overrides.pop("text", {}))
-        vision = dict(TINY_VISION, model_type="clip_vision_model", projection_dim=64, **overrides.pop("vision", {}))
-        # The 'default' strategy drops CLIP's class token: one image token per patch.
-        patches = (vision["image_size"] // vision["patch_size"]) ** 2
-        return cls.model_class().config_class(text_config=text, vision_config=vision, image_seq_length=patches,
-                           tie_word_embeddings=True, **overrides)
+        """A LLaVA-1.5 of ~10M parameters: CLIP 56 px (4x4 patches), a Llama text model.
+
+        `text` and `vision` overrides may name other model types (a Qwen2 text model, a
+        DINOv2 tower); `image_seq_length` is needed where the tower's input is not its
+        config's `image_size`."""
+        text = {**TINY_TEXT, "model_type": "llama", **overrides.pop("text", {})}
+        vision = {**TINY_VISION, "model_type": "clip_vision_model", "projection_dim": 64, **overrides.pop("vision", {})}
+        if vision["model_type"] != "clip_vision_model":
+            vision.pop("projection_dim")
+        # The 'default' strategy drops the class token: one image token per patch.
+        patches = overrides.pop("image_seq_length", (vision["image_size"] // vision["patch_size"]) ** 2)
+        return cls.model_class().config_class(
+            **{"text_config": text, "vision_config": vision, "image_seq_length": patches,
+               "tie_word_embeddings": True, **overrides})
 
     @classmethod
     def tiny_image_processor(cls, config, image_pixels=None):
-        side = config.vision_config.image_size
-        return cls.image_processor_class()(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        # A pixel budget fixes the square side (a tower whose position grid is larger than its input).
+        side = math.isqrt(image_pixels[1]) if image_pixels else config.vision_config.image_size
+        mean, std = PIXEL_STATISTICS.get(config.vision_config.model_type, (None, None))
+        return cls.image_processor_class()(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                           **({"image_mean": mean, "image_std": std} if mean else {}))
 
     def vision_modules(self):
         return {"vision_tower": self.model.model.vision_tower, "projector": self.model.model.multi_modal_projector}
