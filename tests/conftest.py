@@ -16,7 +16,7 @@ os.environ.setdefault("EMOVLM_KD_CACHE", tempfile.mkdtemp(prefix="emovlm-kd-test
 
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
-    """The offline emoji sample dataset (360 images), built once per session."""
+    """The offline emoji sample dataset (432 images), built once per session."""
     from emovlm_kd.data.sample import build_sample_dataset
 
     root = tmp_path_factory.mktemp("sample") / "sample"
@@ -52,11 +52,13 @@ def tiny_adapter():
     return load_vlm(get_preset("tiny"), seed=0)
 
 
-FAST = ["teacher.epochs=1", "instruct.epochs=1", "distill.epochs=3", "gate.epochs=3", "batch_size=8"]
+FAST = ["preset=tiny", "instruct.annotations=none", "teacher.epochs=1", "instruct.epochs=1", "distill.epochs=3",
+        "distill.views=1", "gate.epochs=3", "batch_size=8"]
 
 
 def fast_config(manifest: Path, cache: Path, *overrides):
-    """The demo config on `manifest`, with a few epochs only: every stage in seconds."""
+    """The demo config on `manifest` with the plumbing preset `tiny`, classification-only
+    tuning and a few epochs: every stage in seconds."""
     from importlib import resources
 
     from emovlm_kd.config import load_config

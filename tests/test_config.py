@@ -15,6 +15,10 @@ def test_defaults_are_the_papers_settings():
     distill = config.distill
     assert (distill.depth, distill.alpha, distill.temperature, distill.lr, distill.epochs) == (1, 0.5, 2.0, 1e-5, 5)
     assert (config.gate.variant, config.gate.lr, config.gate.epochs) == ("concat_linear", 1e-4, 10)
+    # Held out by default: the gate learns how far to trust each expert on images they never saw.
+    assert config.gate.split == "val"
+    # No distillation views in the paper; no annotation file is assumed (train asks for one).
+    assert config.distill.views == 0 and config.instruct.annotations is None
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -60,4 +64,57 @@ def test_the_demo_config_loads():
     from importlib import resources
 
     with resources.as_file(resources.files("emovlm_kd") / "configs" / "demo.yaml") as demo:
-        assert load_config(demo).preset == "tiny"
+        config = load_config(demo)
+    assert config.preset == "demo" and config.gate.split == "val" and config.distill.views > 0
+    assert config.instruct.annotations.endswith("annotations.jsonl")
+
+
+def test_every_shipped_config_trains_the_gate_on_held_out_data():
+    from importlib import resources
+    from pathlib import Path
+
+    paper = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
+    assert len(paper) == 7
+    with resources.as_file(resources.files("emovlm_kd") / "configs" / "demo.yaml") as demo:
+        for path in [*paper, demo]:
+            assert load_config(path).gate.split == "val", path
+
+
+def test_paper_configs_point_at_their_annotations():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml")):
+        config = load_config(path)
+        assert config.instruct.annotations == f"{config.data.root}/annotations.jsonl", path
+
+
+def test_train_refuses_a_silent_classification_only_run(small_manifest, tmp_path, capsys):
+    from emovlm_kd.apps.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"preset: tiny\ndata:\n  root: {small_manifest}\ncache_dir: {tmp_path / 'cache'}\n")
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "instruct.annotations is not set" in err and "instruct.annotations=none" in err
+    # Refused before any stage ran: nothing was trained.
+    assert not (tmp_path / "run" / "teacher" / "metrics.json").exists()
+
+
+def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages.gate import train_gate
+
+    run_dir, config, _ = trained
+    copy = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    run = Run(dataclasses.replace(config, gate=dataclasses.replace(config.gate, split="train")), copy)
+    with caplog.at_level(logging.WARNING, logger="emovlm_kd"):
+        metrics = train_gate(run)
+    assert metrics["trained_on"] == "train"
+    assert any("in-sample" in record.message for record in caplog.records)

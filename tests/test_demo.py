@@ -11,7 +11,7 @@ def test_demo_builds_the_sample_trains_and_prints_the_table(tmp_path, capsys):
                  "distill.epochs=2", "gate.epochs=2"])
     stdout, stderr = capsys.readouterr()
     assert code == 0 and "Traceback" not in stderr
-    assert "sample dataset: 360 images" in stdout
+    assert "sample dataset: 432 images" in stdout
     table = stdout[stdout.index("test split, 120 images"):]
     for row in ("teacher", "VLM alone", "head alone", "EmoVLM-KD (gated)"):
         assert row in table

@@ -81,3 +81,91 @@ def test_annotations_are_read_and_flagged(tmp_path):
     path.write_text("not json\n")
     with pytest.raises(UserError, match="line 1"):
         read_annotations(path, EMOTION6, [tmp_path])
+
+
+FAMILY_PRESETS = ["tiny", "demo", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava", "tiny-llava-onevision",
+                  "tiny-smolvlm", "tiny-idefics3"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo", "tiny-llava-onevision", "tiny-smolvlm"])
+def test_reused_visual_tokens_give_the_same_loss_and_gradients(preset, tiny_adapter):
+    """Handing the language model each image's visual tokens instead of its pixels changes
+    neither the loss nor the gradients (the vision side is frozen)."""
+    from emovlm_kd.models.registry import get_preset, load_vlm
+    from emovlm_kd.stages.instruct import VisualTokenReuse
+
+    adapter = tiny_adapter if preset == "tiny" else load_vlm(get_preset(preset), seed=0)
+    for module in adapter.vision_modules().values():
+        module.requires_grad_(False)
+    images = [Image.new("RGB", (120, 90), (10, 120, 30)), Image.linear_gradient("L").convert("RGB").resize((96, 140))]
+    inputs = adapter.encode(images, ["Which emotion?", "Describe the key elements."],
+                            ["{'emotion': 'joy'}", "A green field under a grey sky."])
+    reuse = VisualTokenReuse(adapter)
+    reused = reuse.replace_pixels(inputs, ["a.png", "b.png"], images)
+    assert "pixel_values" not in reused and len(reuse.tokens) == 2
+
+    def loss_and_grads(batch):
+        adapter.model.zero_grad()
+        loss = adapter.model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads
+
+    expected_loss, expected = loss_and_grads(inputs)
+    loss, grads = loss_and_grads(reused)
+    adapter.model.zero_grad()
+    assert torch.allclose(loss, expected_loss, atol=1e-5)
+    assert grads.keys() == expected.keys() and grads
+    assert all(torch.allclose(grads[n], expected[n], atol=1e-5) for n in grads)
+    # A second batch of the same images runs no visual pass.
+    calls = []
+    hook = next(iter(adapter.vision_modules().values())).register_forward_hook(lambda *a: calls.append(1))
+    try:
+        reuse.replace_pixels(inputs, ["a.png", "b.png"], images)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_a_qlora_run_is_scored_in_four_bits_with_its_adapter_unmerged(tmp_path):
+    """The loader's choice follows the method the run was tuned with."""
+    from emovlm_kd.config import RunConfig
+    from emovlm_kd.io import write_json
+    from emovlm_kd.run import Run
+    from emovlm_kd.stages.instruct import tuned_loading
+
+    run = Run(RunConfig(preset="tiny"), tmp_path)
+    expected = {"qlora": {"quantize_4bit": True, "merge": False},
+                "lora": {"quantize_4bit": False, "merge": True},
+                "full": {"quantize_4bit": False, "merge": True}}
+    for method, loading in expected.items():
+        write_json(run.stage_dir("instruct") / "metrics.json", {"method": method})
+        assert tuned_loading(run) == loading
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_four_bit_loading_leaves_the_vision_side_unquantised(preset):
+    """bitsandbytes skips modules whose names contain a skip entry: every linear layer of the
+    vision side must match one, and no linear layer of the language model but lm_head."""
+    from emovlm_kd.models.registry import get_preset
+    from emovlm_kd.models.vlm import get_adapter_class
+    from emovlm_kd.models.vlm.base import nf4_quantization
+
+    chosen = get_preset(preset)
+    adapter_class = get_adapter_class(chosen.family)
+    config = adapter_class.tiny_config(**chosen.tiny_overrides)
+    skip = adapter_class.quantization_skip_modules(config)
+    with torch.device("meta"):
+        model = adapter_class.model_class()(config)
+    shell = adapter_class.__new__(adapter_class)
+    shell.model = model
+    vision = {id(m) for module in shell.vision_modules().values() for m in module.modules()}
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    assert linears
+    for name, module in linears:
+        skipped = any(entry in name for entry in skip)
+        if id(module) in vision:
+            assert skipped, name
+        elif not name.endswith("lm_head"):
+            assert not skipped, name
+    assert nf4_quantization(skip).llm_int8_skip_modules == skip

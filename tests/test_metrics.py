@@ -56,3 +56,54 @@ def test_complementarity_oracle_and_gap_recovered():
     assert result["gap_recovered"] == pytest.approx(0.5)
     assert result["fused_right"] == {"both_right": 2, "only_first_right": 2, "only_second_right": 1, "both_wrong": 0}
     assert complementarity(vlm, vlm, vlm)["gap_recovered"] is None
+
+
+def test_bootstrap_intervals_cover_the_observed_score_and_narrow_with_more_images():
+    from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals
+
+    generator = torch.Generator().manual_seed(0)
+    for images, width_below in ((100, 0.25), (2000, 0.06)):
+        labels = torch.randint(4, (images,), generator=generator)
+        right = torch.rand(images, generator=generator) < 0.7
+        predicted = torch.where(right, labels, (labels + 1) % 4)
+        intervals = bootstrap_intervals(predicted, labels, 4, bootstrap_index(images))
+        accuracy = float(right.double().mean())
+        low, high = intervals["accuracy"]
+        assert low < accuracy < high and high - low < width_below
+        assert intervals["macro_f1"][0] < intervals["macro_f1"][1]
+    # Seeded: the same call gives the same interval.
+    assert bootstrap_intervals(predicted, labels, 4, bootstrap_index(images)) == intervals
+
+
+def test_paired_bootstrap_sees_a_small_consistent_gain_that_unpaired_intervals_miss():
+    from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals, paired_bootstrap
+
+    generator = torch.Generator().manual_seed(1)
+    images = 300
+    labels = torch.randint(3, (images,), generator=generator)
+    baseline = torch.where(torch.rand(images, generator=generator) < 0.6, labels, (labels + 1) % 3)
+    better = baseline.clone()
+    fixed = ((baseline != labels).nonzero()[:, 0])[:15]  # right on 15 more images, wrong on none
+    better[fixed] = labels[fixed]
+    index = bootstrap_index(images)
+    paired = paired_bootstrap(better, baseline, labels, 3, index)["accuracy"]
+    assert paired["difference"] == pytest.approx(15 / images)
+    assert paired["ci95"][0] > 0 and paired["p_not_better"] < 0.01
+    # Each model's own interval overlaps the other's: only pairing shows the gain.
+    assert bootstrap_intervals(baseline, labels, 3, index)["accuracy"][1] > bootstrap_intervals(better, labels, 3, index)["accuracy"][0]
+    # And a model compared with itself is no better.
+    same = paired_bootstrap(baseline, baseline, labels, 3, index)["accuracy"]
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_not_better"] == 1.0
+
+
+def test_the_report_says_in_words_when_the_fusion_is_below_the_better_model():
+    from emovlm_kd.apps.report.evaluation import gap_in_words
+
+    right = torch.tensor([True, True, True, False, False])
+    other = torch.tensor([True, False, False, True, False])
+    below = complementarity(right, other, torch.tensor([True, False, False, False, False]))
+    assert below["gap_recovered"] < -1  # the ratio that printed as "-1800%"
+    text = gap_in_words(below)
+    assert text.startswith("none: EmoVLM-KD is 40.0 points below") and "%" not in text
+    above = complementarity(right, other, torch.tensor([True, True, True, True, False]))
+    assert gap_in_words(above) == "100.00%"

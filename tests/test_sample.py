@@ -37,12 +37,15 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
-def test_table_covers_every_class_with_one_val_face():
+def test_table_covers_every_class_with_val_faces_of_its_own():
     assert set(EMOJI_EMOTIONS.values()) == set(EMOTION6.labels)
     val_labels = Counter(EMOJI_EMOTIONS[cp] for cp in VAL_CODEPOINTS)
-    assert val_labels == Counter(EMOTION6.labels)
+    assert set(val_labels) == set(EMOTION6.labels)
     for label in EMOTION6.labels:
-        assert sum(v == label for v in EMOJI_EMOTIONS.values()) >= 2
+        faces = sum(v == label for v in EMOJI_EMOTIONS.values())
+        assert faces >= 2 and faces > val_labels[label]
+    # More faces than the two-style first recipe had (22), joy and sadness the most.
+    assert len(EMOJI_EMOTIONS) >= 30
 
 
 def test_counts_on_disk_match_manifest_and_summary(built):
@@ -53,7 +56,7 @@ def test_counts_on_disk_match_manifest_and_summary(built):
     )
     assert disk_counts == manifest_counts
     assert summary["images"] == len(records) == sum(disk_counts.values())
-    assert 300 <= summary["images"] <= 400
+    assert summary["images"] == 432
     for split in SPLITS:
         for label in EMOTION6.labels:
             assert manifest_counts[split, label] > 0
@@ -75,6 +78,30 @@ def test_test_split_is_the_holdout_source_only(built):
     _, _, records = built
     for record in records:
         assert (record["source"] == "twemoji") == (record["split"] == "test")
+    # Train and val draw on the two other artwork sets, each for every class.
+    for split in ("train", "val"):
+        sources = Counter((r["source"], r["label"]) for r in records if r["split"] == split)
+        assert {source for source, _ in sources} == {"openmoji", "noto"}
+        assert all(sources["openmoji", label] and sources["noto", label] for label in EMOTION6.labels)
+
+
+def test_annotations_describe_each_picture_and_pass_the_checks(built):
+    from emovlm_kd.data.annotations import read_annotations
+    from emovlm_kd.data.sample import FACE_FEATURES
+
+    out, _, records = built
+    annotations = read_annotations(out / "annotations.jsonl", EMOTION6, [out])
+    by_image = {a.image: a for a in annotations}
+    annotated = [r for r in records if r["split"] != "test"]
+    assert len(annotations) == len(annotated)  # every train and val image, no test image
+    assert not [a for a in annotations if a.flags]  # no label named, no section missing
+    for record in annotated:
+        annotation = by_image[(out / record["image"]).resolve()]
+        features, conveys = FACE_FEATURES[int(record["codepoint"][2:], 16)]
+        assert features in annotation.key_elements and conveys in annotation.reasoning
+    # Built from the picture, not the label: one label's faces get different key elements.
+    joy = {a.key_elements.split(", on ")[0] for a in annotations if a.label == "joy"}
+    assert len(joy) >= 6
 
 
 def test_no_codepoint_straddles_train_and_val(built):
@@ -129,7 +156,16 @@ def test_holdout_source_is_a_parameter(tmp_path):
         for split, _, source, _, _ in plan_images(holdout):
             assert (source == holdout) == (split == "test")
     with pytest.raises(UserError, match="holdout source"):
-        build_sample_dataset(tmp_path / "bad", holdout_source="noto")
+        build_sample_dataset(tmp_path / "bad", holdout_source="noto-serif")
+
+
+def test_missing_noto_font_says_what_to_install(tmp_path, monkeypatch):
+    import emovlm_kd.data.sample as sample
+
+    monkeypatch.setattr(sample, "NOTO_FONT", tmp_path / "absent.ttf")
+    with pytest.raises(UserError, match="apt-get install fonts-noto-color-emoji"):
+        build_sample_dataset(tmp_path / "nofont")
+    assert not (tmp_path / "nofont").exists()
 
 
 def test_missing_cairosvg_says_what_to_install(tmp_path, monkeypatch):

@@ -347,11 +347,13 @@ def annotation_record(record: dict) -> dict:
     colours = " and ".join(_COLOUR_NAMES[c] for c in background["colours"])
     tilt = augmentation["rotation_deg"]
     pose = "upright" if abs(tilt) < 5 else f"tilted {'left' if tilt > 0 else 'right'}"
+    title = SOURCES[record["source"]].title
     key_elements = (
-        f"Emoji artwork ({SOURCES[record['source']].title}): {features}. It is drawn {pose} on "
-        f"{_BACKGROUND_WORDS[background['kind']]} {colours} background, which carries no expression."
+        f"{'An' if title[0] in 'AEIOU' else 'A'} {title} emoji of {features}, {pose}, on "
+        f"{_BACKGROUND_WORDS[background['kind']]} {colours} background."
     )
-    reasoning = f"The face is what carries the feeling here: {conveys}. The background adds nothing to it."
+    # The background carries no expression: the reasoning rests on the face alone.
+    reasoning = conveys[0].upper() + conveys[1:] + "."
     return {"image": record["image"], "label": record["label"], "key_elements": key_elements, "reasoning": reasoning}
 
 

@@ -89,8 +89,8 @@ PRESETS: dict[str, ModelPreset] = {
             image_pixels=(224 * 224, 224 * 224),
             vision_weights=OFFLINE_DINOV2,
             tiny_overrides={
-                "text": {"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 1024,
-                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2},
+                "text": {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 512,
+                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
                 "vision": {"model_type": "dinov2", **DINOV2_VITS14},
                 # 224 px in 14 px patches; the class token is dropped.
                 "image_seq_length": 256,

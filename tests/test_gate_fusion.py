@@ -1,0 +1,79 @@
+"""The gate: both inputs on one scale, every variant starting as the product of the two
+experts, and a label both experts agree on kept."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emovlm_kd.models.gate import GATE_VARIANTS, Gate, GateConfig
+
+K = 6
+
+
+def agreeing_inputs(seed: int, confidence: float, count: int = 256):
+    """Head logits and VLM log-probabilities that put >= `confidence` on the same label."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(K, (count,), generator=generator)
+
+    def expert():
+        rest = torch.rand(count, K, generator=generator)
+        rest[torch.arange(count), labels] = 0
+        top = confidence + (1 - confidence) * torch.rand(count, generator=generator)
+        probs = rest / rest.sum(-1, keepdim=True) * (1 - top)[:, None]
+        probs[torch.arange(count), labels] = top
+        return probs.clamp_min(1e-9).log()
+
+    # The head's logits are unnormalised: shifted by an arbitrary constant per image.
+    head = expert() + 10 * torch.randn(count, 1, generator=generator)
+    return head, expert(), labels
+
+
+@pytest.mark.parametrize("variant", GATE_VARIANTS)
+def test_every_variant_starts_as_the_product_of_experts(variant):
+    gate = Gate(GateConfig(num_labels=K, variant=variant)).eval()
+    generator = torch.Generator().manual_seed(0)
+    head_logits = 5 * torch.randn(64, K, generator=generator)
+    vlm_logprobs = (3 * torch.randn(64, K, generator=generator)).log_softmax(-1)
+    with torch.no_grad():
+        fused = gate(head_logits, vlm_logprobs).log_softmax(-1)
+    product = (head_logits.log_softmax(-1) + vlm_logprobs).log_softmax(-1)
+    assert torch.allclose(fused, product, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", GATE_VARIANTS)
+def test_inputs_are_put_on_one_scale(variant):
+    # A constant added to the head's logits or to the VLM's scores changes nothing.
+    gate = Gate(GateConfig(num_labels=K, variant=variant)).eval()
+    torch.manual_seed(0)
+    for parameter in gate.parameters():  # away from the start, so the check is not trivial
+        parameter.data.add_(0.3 * torch.randn_like(parameter))
+    head, vlm = torch.randn(8, K), torch.randn(8, K).log_softmax(-1)
+    with torch.no_grad():
+        assert torch.allclose(gate(head, vlm), gate(head + 100.0, vlm - 7.0), atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), confidence=st.floats(0.8, 0.99), variant=st.sampled_from(GATE_VARIANTS))
+def test_untrained_gate_keeps_a_label_both_experts_are_sure_of(seed, confidence, variant):
+    head, vlm, labels = agreeing_inputs(seed, confidence)
+    gate = Gate(GateConfig(num_labels=K, variant=variant)).eval()
+    with torch.no_grad():
+        assert torch.equal(gate(head, vlm).argmax(-1), labels)
+
+
+def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
+    """The property on a trained run's val and test images: where head and VLM agree with
+    confidence >= 0.8 each, the fused label is theirs."""
+    from emovlm_kd.evaluation import score_run
+    from emovlm_kd.run import Run
+
+    run = Run.open(trained[0])
+    kept = total = 0
+    for split in ("val", "test"):
+        scores = score_run(run, split)
+        head, vlm, fused = scores.probs["head"], scores.probs["vlm"], scores.probs["emovlm_kd"]
+        agree = (head.argmax(-1) == vlm.argmax(-1)) & (head.max(-1).values >= 0.8) & (vlm.max(-1).values >= 0.8)
+        total += int(agree.sum())
+        kept += int((fused.argmax(-1) == head.argmax(-1))[agree].sum())
+    assert kept >= 0.99 * total
