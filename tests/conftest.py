@@ -105,6 +105,22 @@ def evaluated(trained, tmp_path_factory):
     return out, printed.getvalue()
 
 
+def assert_metrics_recount(metrics: dict) -> None:
+    """Each model's accuracy and macro-F1 agree with its own confusion matrix over every
+    image, and its interval holds the score: numbers a broken scorer could not fake."""
+    for model in ("teacher", "vlm", "head", "emovlm_kd"):
+        report = metrics[model]
+        confusion = report["confusion_matrix"]
+        assert sum(map(sum, confusion)) == metrics["images"]
+        right = sum(confusion[k][k] for k in range(len(confusion)))
+        assert report["accuracy"] == right / metrics["images"]
+        low, high = report["ci95"]["accuracy"]
+        assert low <= report["accuracy"] <= high
+        f1 = [report["per_class"][label]["f1"] for label in metrics["labels"]]
+        present = [k for k, row in enumerate(confusion) if sum(row) or sum(r[k] for r in confusion)]
+        assert abs(report["macro_f1"] - sum(f1[k] for k in present) / len(present)) < 1e-9
+
+
 def pytest_terminal_summary(terminalreporter):
     """The reliability tests' figures on one line, when any of them ran."""
     from reliability import summary_line, tally

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import assert_metrics_recount, fast_config
 from PIL import Image
 
 from emovlm_kd.apps.cli import main
@@ -32,11 +32,12 @@ def test_run_folder_holds_every_artifact_unpickled(trained):
     pickled = [p for p in run_dir.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle")]
     assert pickled == []
     teacher = json.loads((run_dir / "teacher" / "metrics.json").read_text())
-    assert 0 <= teacher["val_accuracy"] <= 1 and 0 <= teacher["test_accuracy"] <= 1
+    # The pretrained teacher, fine-tuned for one epoch, is already well above chance (1/6).
+    assert teacher["val_accuracy"] > 0.4 and teacher["test_accuracy"] > 0.4
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == metrics and metrics["images"] == 18
-    for model in ("teacher", "vlm", "head", "emovlm_kd"):
-        assert 0 <= metrics[model]["accuracy"] <= 1 and 0 <= metrics[model]["macro_f1"] <= 1
+    assert_metrics_recount(metrics)
+    assert metrics["teacher"]["accuracy"] == teacher["test_accuracy"]
 
 
 def test_finished_stages_are_not_redone(trained, monkeypatch):

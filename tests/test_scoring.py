@@ -22,6 +22,11 @@ def adapter(request, tiny_adapter):
 def teacher_forced_logprob(adapter, image, prompt, answer, with_closing=False) -> float:
     """The reference: one full forward of prompt + answer, summing the log-probs of the
     answer's tokens up to its closing `'}` (or through it, `with_closing`)."""
+    return sum(teacher_forced_token_logprobs(adapter, image, prompt, answer, with_closing))
+
+
+def teacher_forced_token_logprobs(adapter, image, prompt, answer, with_closing=False) -> list[float]:
+    """The log-prob of each of the answer's tokens up to its closing, one full forward."""
     inputs = adapter.encode([image], [prompt], [answer])
     labels = inputs.pop("labels")
     with torch.no_grad():
@@ -31,7 +36,7 @@ def teacher_forced_logprob(adapter, image, prompt, answer, with_closing=False) -
     closing = 0 if with_closing else len(adapter.tokenizer("'}", add_special_tokens=False).input_ids)
     # The end-of-turn token closes the turn, not the answer; nor is the closing scored.
     positions = positions[: len(positions) - 1 - closing]
-    return logits[positions].log_softmax(-1).gather(-1, targets[positions][:, None]).sum().item()
+    return logits[positions].log_softmax(-1).gather(-1, targets[positions][:, None])[:, 0].tolist()
 
 
 def images():
@@ -85,9 +90,19 @@ def test_every_token_of_the_label_counts(adapter):
     answers = [classification_answer(label) for label in MIKELS8.labels]
     lengths = {len(adapter.tokenizer(a).input_ids) for a in answers}
     assert len(lengths) > 1
-    image = images()[0]
-    scores = adapter.answer_logprobs(adapter.encode([image], [classification_prompt(MIKELS8)]), answers)
-    assert torch.isfinite(scores).all()
+    image, prompt = images()[0], classification_prompt(MIKELS8)
+    scores = adapter.answer_logprobs(adapter.encode([image], [prompt]), answers)[0]
+    ids, shared = adapter.scored_answer_ids(answers)
+    multi = [k for k, row in enumerate(ids) if len(row) - shared > 1]
+    assert multi  # several labels take more than one token of their own
+    for k, answer in enumerate(answers):
+        tokens = teacher_forced_token_logprobs(adapter, image, prompt, answer)
+        assert len(tokens) == len(ids[k])
+        assert scores[k].item() == pytest.approx(sum(tokens), abs=1e-4)
+        if k in multi:
+            # A scorer that stopped at a label's first own token would be off by the rest.
+            first_token_only = sum(tokens[: shared + 1])
+            assert abs(scores[k].item() - first_token_only) > 1e-3
 
 
 def test_scores_do_not_depend_on_batch_company(adapter):

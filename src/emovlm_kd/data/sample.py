@@ -8,8 +8,10 @@ with a `random.Random` seeded from (seed, source, code point, index), so the sam
 gives byte-identical files.
 
 Splits: `test` is every image of `holdout_source`, so it measures generalisation to an unseen
-art style; `train` and `val` come from the other two, and `val` holds out whole code points
-(`VAL_CODEPOINTS`) so augmentations of one emoji never straddle the two.
+art style. `train` and `val` come from the other two. `val` is the second one's drawings of
+`VAL_CODEPOINTS`, faces that train sees drawn by the first one only: like the test, it asks
+for a new drawing of a known face, and no drawing (nor its augmentations) straddles train
+and val. So a setting chosen on val is chosen for the kind of image the test holds.
 
 `annotations.jsonl` holds instruction data for every train and val image (key elements and
 reasoning, as `emovlm-kd annotate` writes them), built from what is known of each picture:
@@ -85,10 +87,9 @@ EMOJI_EMOTIONS: dict[int, str] = {
     0x1F92F: "surprise",  # SHOCKED FACE WITH EXPLODING HEAD [exploding head]
 }
 
-# One code point per class goes to val (two for joy and sadness, which have most faces);
-# the rest of the class trains. Disgust has two faces, so it keeps one in each, as every
-# class must appear in every split.
-VAL_CODEPOINTS = frozenset({0x1F63E, 0x1F92E, 0x1F630, 0x1F639, 0x1F63A, 0x1F63F, 0x1F625, 0x1F632})
+# Two faces per class whose second-style drawings are val (train has their first-style ones).
+VAL_CODEPOINTS = frozenset({0x1F63E, 0x1F621, 0x1F922, 0x1F92E, 0x1F630, 0x1F628,
+                            0x1F639, 0x1F63A, 0x1F63F, 0x1F625, 0x1F632, 0x1F62E})
 
 # Images per class in each split (6 classes: 240 train, 72 val, 120 test).
 IMAGES_PER_CLASS = {"train": 40, "val": 12, "test": 20}
@@ -214,15 +215,18 @@ def build_sample_dataset(
 
 def plan_images(holdout_source: str) -> list[tuple[str, str, str, int, int]]:
     """Every image to make, as (split, label, source, code point, index), in output order."""
-    train_sources = [name for name in SOURCES if name != holdout_source]
+    first, second = [name for name in SOURCES if name != holdout_source]
     plan = []
     for split in SPLITS:
-        sources = [holdout_source] if split == "test" else train_sources
         for label in EMOTION6.labels:
             codepoints = [cp for cp, emotion in EMOJI_EMOTIONS.items() if emotion == label]
-            if split != "test":
-                codepoints = [cp for cp in codepoints if (cp in VAL_CODEPOINTS) == (split == "val")]
-            faces = [(source, cp) for cp in codepoints for source in sources]
+            if split == "test":
+                faces = [(holdout_source, cp) for cp in codepoints]
+            elif split == "val":
+                faces = [(second, cp) for cp in codepoints if cp in VAL_CODEPOINTS]
+            else:
+                faces = [(source, cp) for cp in codepoints for source in (first, second)
+                         if source == first or cp not in VAL_CODEPOINTS]
             quota = IMAGES_PER_CLASS[split]
             for i, (source, cp) in enumerate(faces):
                 # Spread the class quota evenly; the first `quota % len` faces get one more.
@@ -568,6 +572,6 @@ def _attribution_text(config: dict) -> str:
         "| --- | --- | --- | --- |",
     ]
     for cp, label in EMOJI_EMOTIONS.items():
-        split = "val" if cp in VAL_CODEPOINTS else "train"
+        split = "train (first set), val (second set)" if cp in VAL_CODEPOINTS else "train"
         lines.append(f"| U+{cp:04X} | {unicodedata.name(chr(cp))} | {label} | {split} |")
     return "\n".join(lines) + "\n"
