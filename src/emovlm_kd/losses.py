@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# The label of an image distilled without one (the KL term needs no label).
+UNLABELLED = -100
+
 
 def distillation_loss(
     student_logits: torch.Tensor,
@@ -15,7 +18,8 @@ def distillation_loss(
 ) -> torch.Tensor:
     """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels).
 
-    Logits are [B, K], labels [B]; both terms are averaged over the batch. The T^2 factor keeps
+    Logits are [B, K], labels [B]; the soft term is averaged over the batch, the hard term
+    over its labelled rows (a row labelled `UNLABELLED` has only the soft term). The T^2 factor keeps
     the soft term's gradients on the scale of the hard term's as T grows (Hinton et al.).
     """
     t = temperature
@@ -25,5 +29,7 @@ def distillation_loss(
         reduction="batchmean",
         log_target=True,
     )
-    hard = F.cross_entropy(student_logits, labels)
+    # Unlabelled rows (label -100) learn from the teacher alone.
+    labelled = labels != UNLABELLED
+    hard = F.cross_entropy(student_logits[labelled], labels[labelled]) if labelled.any() else student_logits.sum() * 0
     return alpha * t * t * soft + (1.0 - alpha) * hard
