@@ -52,8 +52,9 @@ def test_caching_stages_under_two_processes_match_one(trained, tmp_path):
     single, sharded = cache_rows(Path(config.cache_dir)), cache_rows(fresh)
     assert sharded.keys() <= single.keys() and {k.split("/")[0] for k in sharded} == {"visual", "teacher", "vlm_scores"}
     # distill and gate need every split's features and VLM scores; teacher logits of
-    # train (distill) and test (evaluation): each exactly once, no gap, no extra row.
-    expected = {"visual": 66, "vlm_scores": 66, "teacher": 36 + 18}
+    # train (distill) and test (evaluation), and visual features and teacher logits of one
+    # augmented view of each training image (distill.views=1): each exactly once, no gap, no extra row.
+    expected = {"visual": 66 + 36, "vlm_scores": 66, "teacher": 36 + 18 + 36}
     for key, rows in sharded.items():
         assert len(rows) == expected[key.split("/")[0]], key
         assert rows.keys() <= single[key].keys()
@@ -79,7 +80,7 @@ def test_every_stage_runs_under_two_processes(small_manifest, trained, tmp_path)
     visual = {k: v for k, v in cache_rows(tmp_path / "cache").items() if k.startswith("visual/")}
     reference = cache_rows(Path(trained[1].cache_dir))
     for key, rows in visual.items():
-        assert len(rows) == 66
+        assert len(rows) == 66 + 36  # every image, and one view of each training image
         assert all(torch.allclose(row, reference[key][image], atol=1e-4) for image, row in rows.items())
 
 

@@ -62,6 +62,38 @@ def test_untrained_gate_keeps_a_label_both_experts_are_sure_of(seed, confidence,
         assert torch.equal(gate(head, vlm).argmax(-1), labels)
 
 
+@pytest.mark.parametrize("variant", GATE_VARIANTS)
+def test_a_gate_trained_against_agreement_still_keeps_it(variant):
+    """Weights that would overrule two sure, agreeing experts (every label pushed to label 0)
+    are overruled themselves; with keep_agreement off, the same weights do overrule them."""
+    head, vlm, labels = agreeing_inputs(1, 0.8)
+    outputs = {}
+    for keep in (0.8, None):
+        gate = Gate(GateConfig(num_labels=K, variant=variant, keep_agreement=keep)).eval()
+        torch.manual_seed(0)
+        for name, parameter in gate.named_parameters():
+            parameter.data.add_(0.5 * torch.randn_like(parameter))
+            if name.endswith("bias") and parameter.shape[-1] == K:
+                parameter.data[..., 0] += 100.0  # a bias no agreement survives
+        with torch.no_grad():
+            outputs[keep] = gate(head, vlm).argmax(-1)
+    assert torch.equal(outputs[0.8], labels)
+    if variant != "dynamic":  # a positive mix of two log-probabilities cannot overrule them anyway
+        assert (outputs[None] != labels).float().mean() > 0.5
+
+
+def test_agreement_below_the_threshold_is_left_to_the_gate():
+    head, vlm, labels = agreeing_inputs(2, 0.6)
+    head, vlm = head.log_softmax(-1), vlm.log_softmax(-1)
+    sure = (head.max(-1).values >= torch.tensor(0.8).log()) & (vlm.max(-1).values >= torch.tensor(0.8).log())
+    gate = Gate(GateConfig(num_labels=K, keep_agreement=0.8)).eval()
+    gate.fuse.bias.data[0] = 100.0
+    with torch.no_grad():
+        fused = gate(head, vlm).argmax(-1)
+    assert (~sure).any() and torch.equal(fused[~sure], torch.zeros_like(fused[~sure]))
+    assert torch.equal(fused[sure], labels[sure])
+
+
 def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
     """The property on a trained run's val and test images: where head and VLM agree with
     confidence >= 0.8 each, the fused label is theirs."""

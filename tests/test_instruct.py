@@ -87,7 +87,7 @@ FAMILY_PRESETS = ["tiny", "demo", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llav
                   "tiny-smolvlm", "tiny-idefics3"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "demo", "tiny-llava-onevision", "tiny-smolvlm"])
+@pytest.mark.parametrize("preset", ["tiny", "demo", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-smolvlm"])
 def test_reused_visual_tokens_give_the_same_loss_and_gradients(preset, tiny_adapter):
     """Handing the language model each image's visual tokens instead of its pixels changes
     neither the loss nor the gradients (the vision side is frozen)."""
@@ -102,7 +102,7 @@ def test_reused_visual_tokens_give_the_same_loss_and_gradients(preset, tiny_adap
                             ["{'emotion': 'joy'}", "A green field under a grey sky."])
     reuse = VisualTokenReuse(adapter)
     reused = reuse.replace_pixels(inputs, ["a.png", "b.png"], images)
-    assert "pixel_values" not in reused and len(reuse.tokens) == 2
+    assert "pixel_values" not in reused and len(reuse.parts) == 2
 
     def loss_and_grads(batch):
         adapter.model.zero_grad()

@@ -95,7 +95,9 @@ def check_no_half_written_artifact(run_dir: Path, cache_dir: Path) -> int:
 
 
 def cache_records(cache_dir: Path) -> tuple[dict[str, set], int]:
-    """({kind/fingerprint: row keys}, how many rows are stored in more than one shard)."""
+    """({kind/fingerprint: images with rows}, how many rows are stored in more than one shard).
+
+    A row's key is its image's hash, with `@view{v}` for a distillation view of it."""
     folders, duplicated = {}, 0
     for folder in sorted(p for p in cache_dir.glob("*/*") if p.is_dir()):
         keys: set = set()
@@ -103,7 +105,7 @@ def cache_records(cache_dir: Path) -> tuple[dict[str, set], int]:
             part = set(load_file(str(shard)))
             duplicated += len(part & keys)
             keys |= part
-        folders[f"{folder.parent.name}/{folder.name}"] = keys
+        folders[f"{folder.parent.name}/{folder.name}"] = {key.split("@")[0] for key in keys}
     return folders, duplicated
 
 

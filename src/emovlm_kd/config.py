@@ -102,6 +102,9 @@ class GateStageConfig:
     # Split whose cached head logits and VLM log-probabilities train the gate: held-out data
     # (val), where both experts are as (un)sure as on new images. 'train' is allowed, with a warning.
     split: str = "val"
+    # Where head and VLM both put at least this on one label, the fused output is their
+    # product, whatever the gate learnt; null turns it off.
+    keep_agreement: float | None = 0.8
 
 
 @dataclass

@@ -8,11 +8,17 @@ over the K labels), so neither input dominates by its range alone.
 Every variant starts as the product of the two experts: its untrained output is
 log p_head + log p_vlm (up to a constant per image), a sensible fusion before any training,
 and one that keeps a label both experts agree on. Training then learns where to move from it.
+
+Where both experts put at least `keep_agreement` (0.8) on the same label, the fused output
+is their product whatever the trained weights say: a gate fitted on a few hundred held-out
+images must not overrule two confident experts that agree. It learns on the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 from torch import nn
@@ -27,10 +33,14 @@ class GateConfig:
     num_labels: int
     variant: str = "concat_linear"
     num_experts: int = 3
+    # Both experts at least this sure of one label: the fused output is their product. None: off.
+    keep_agreement: float | None = 0.8
 
     def __post_init__(self):
         if self.variant not in GATE_VARIANTS:
             raise ValueError(f"unknown gate variant {self.variant!r}; choose one of: {', '.join(GATE_VARIANTS)}")
+        if self.keep_agreement is not None and not 0.5 < self.keep_agreement <= 1:
+            raise ValueError(f"gate keep_agreement={self.keep_agreement} must lie in (0.5, 1], or be None to turn it off")
 
 
 def _product_of_experts(k: int) -> nn.Linear:
@@ -75,6 +85,16 @@ class Gate(SavableModule):
     def forward(self, head_logits: torch.Tensor, vlm_logprobs: torch.Tensor) -> torch.Tensor:
         head = head_logits.log_softmax(-1)  # [B, K] log-probabilities
         vlm = vlm_logprobs.log_softmax(-1)  # [B, K]; a no-op on normalised log-probabilities
+        fused = self.fuse_variant(head, vlm)
+        if self.config.keep_agreement is None:
+            return fused
+        floor = math.log(self.config.keep_agreement)
+        (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
+        agree = (head_label == vlm_label) & (head_top >= floor) & (vlm_top >= floor)  # [B]
+        return torch.where(agree[:, None], head + vlm, fused)
+
+    def fuse_variant(self, head: torch.Tensor, vlm: torch.Tensor) -> torch.Tensor:
+        """The variant's fused logits [B, K] from the two log-probabilities [B, K]."""
         both = torch.cat([head, vlm], dim=-1)  # [B, 2K]
         variant = self.config.variant
         if variant == "concat_linear":

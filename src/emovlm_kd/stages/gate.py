@@ -42,7 +42,7 @@ def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tu
 def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant))
+        gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant, keep_agreement=config.keep_agreement))
         history = fit_on_tensors(
             gate,
             (head_logits, vlm_logprobs),

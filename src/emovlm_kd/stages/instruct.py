@@ -109,25 +109,51 @@ def keep_answer_logits(inputs: dict) -> dict:
 class VisualTokenReuse:
     """Each image's visual tokens, computed on its first batch and handed to the language
     model afterwards instead of its pixels: the frozen vision side runs once per image, not
-    once per (task, epoch). The model takes them as `mm_encoder_outputs`, as in scoring."""
+    once per (task, epoch). The model takes them as `mm_encoder_outputs`, as in scoring.
+
+    What is kept per image is every per-image part of the encoder output the language model
+    reads: the merged tokens (`pooler_output`) and, for families that inject features into
+    later layers (Qwen3-VL's deepstack), each such layer's part too."""
 
     def __init__(self, adapter):
         self.adapter = adapter
-        self.tokens: dict[Path, torch.Tensor] = {}
+        self.output_class = None
+        self.parts: dict[Path, dict[str, object]] = {}
+
+    @staticmethod
+    def split(output, count: int) -> list[dict[str, object]]:
+        """[{field: the image's part}] for the per-image fields of an encoder output."""
+        rows: list[dict[str, object]] = [{} for _ in range(count)]
+        for field, value in output.items():
+            if isinstance(value, (tuple, list)) and len(value) == count and all(torch.is_tensor(v) for v in value):
+                for row, part in zip(rows, value):  # one tensor per image
+                    row[field] = part.detach()
+            elif isinstance(value, (tuple, list)) and value and all(isinstance(v, (tuple, list)) for v in value):
+                for index, row in enumerate(rows):  # per layer, one tensor per image
+                    row[field] = [layer[index].detach() for layer in value]
+        return rows
+
+    def join(self, rows: list[dict[str, object]]):
+        fields = {}
+        for field, first in rows[0].items():
+            if isinstance(first, list):
+                fields[field] = [tuple(row[field][layer] for row in rows) for layer in range(len(first))]
+            else:
+                fields[field] = tuple(row[field] for row in rows)
+        return self.output_class(**fields)
 
     @torch.no_grad()
     def replace_pixels(self, inputs: dict, paths: list[Path], images: list) -> dict:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        missing = [index for index, path in enumerate(paths) if path not in self.tokens]
+        missing = [index for index, path in enumerate(paths) if path not in self.parts]
         if missing:
             encoded = self.adapter.encode_images([images[index] for index in missing])
-            for index, tokens in zip(missing, self.adapter.visual_tokens(encoded).per_image):
-                self.tokens[paths[index]] = tokens.detach()  # [tokens_i, D]
+            output = self.adapter.visual_tokens(encoded).encoder_output
+            self.output_class = type(output)
+            for index, row in zip(missing, self.split(output, len(missing))):
+                self.parts[paths[index]] = row
         pixels_only = set(self.adapter.image_input_keys) - set(self.adapter.scoring_input_keys)
         kept = {key: value for key, value in inputs.items() if key not in pixels_only}
-        encoder_output = BaseModelOutputWithPooling(pooler_output=tuple(self.tokens[path] for path in paths))
-        return dict(kept, mm_encoder_outputs={"image": encoder_output})
+        return dict(kept, mm_encoder_outputs={"image": self.join([self.parts[path] for path in paths])})
 
 
 def apply_lora(adapter, config, quantized: bool):
