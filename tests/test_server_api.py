@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.cli import main
@@ -287,13 +288,70 @@ def test_health_and_metrics_report_counts_latencies_and_queue(client, pngs):
     assert client.get("/health").json() == {"status": "ok", "model": MODEL_ID, "queue_depth": 0}
     client.post("/v1/classify", json={"image": b64(pngs[1])})
     client.post("/v1/classify", json={"image": "!"})
-    report = client.get("/metrics").json()
+    report = client.get("/metrics.json").json()
     counts = report["requests"]["/v1/classify"]
     assert counts["200"] >= 1 and counts["400"] >= 1
     latency = report["latency"]["/v1/classify"]
     assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
     assert report["queue_depth"] == 0 and report["queue_size"] == 64
     assert report["batches"]["count"] >= 1 and report["batches"]["mean_size"] >= 1
+
+
+def scrape(client) -> dict:
+    """`/metrics` parsed as Prometheus parses it: {family name: family}."""
+    answer = client.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    return {family.name: family for family in text_string_to_metric_families(answer.text)}
+
+
+def sample_value(families: dict, sample: str, **labels) -> float:
+    """The value of one sample, 0 when its series does not exist yet."""
+    values = [s.value for family in families.values() for s in family.samples if s.name == sample and s.labels == labels]
+    return values[0] if values else 0.0
+
+
+def test_prometheus_metrics_count_requests_latencies_batches_and_model_time(model, pngs):
+    # An app of its own, so that the counts start from zero.
+    with TestClient(create_app(model, ServerConfig())) as client:
+        before = scrape(client)
+        for png in pngs:
+            assert client.post("/v1/classify", json={"image": b64(png)}).status_code == 200
+        assert_error(client.post("/v1/classify", json={"image": "!"}), 400, "invalid_base64")
+        after = scrape(client)
+        text = client.get("/metrics")
+        openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+    # The text format shows each counter's and histogram's `_created` time as a gauge of its own.
+    assert {name: family.type for name, family in after.items() if not name.endswith("_created")} == {
+        "emovlm_kd_requests": "counter",
+        "emovlm_kd_request_duration_seconds": "histogram",
+        "emovlm_kd_queue_depth": "gauge",
+        "emovlm_kd_batch_size": "histogram",
+        "emovlm_kd_model_seconds": "histogram",
+    }
+    classify = {"route": "/v1/classify"}
+    assert sample_value(after, "emovlm_kd_requests_total", **classify, status="200") == 3
+    assert sample_value(after, "emovlm_kd_requests_total", **classify, status="400") == 1
+    assert sample_value(before, "emovlm_kd_request_duration_seconds_count", **classify) == 0
+    assert sample_value(after, "emovlm_kd_request_duration_seconds_count", **classify) == 4
+    assert sample_value(after, "emovlm_kd_request_duration_seconds_bucket", **classify, le="+Inf") == 4
+    # The bad request never reaches the model: three images, in one to three calls.
+    batches = sample_value(after, "emovlm_kd_batch_size_count")
+    assert sample_value(before, "emovlm_kd_batch_size_count") == 0 and 1 <= batches <= 3
+    assert sample_value(after, "emovlm_kd_batch_size_sum") == 3
+    assert sample_value(after, "emovlm_kd_model_seconds_count") == batches
+    assert sample_value(after, "emovlm_kd_model_seconds_sum") > 0
+    assert sample_value(after, "emovlm_kd_queue_depth") == 0
+
+
+def test_apps_in_one_process_keep_their_own_metrics(model, pngs):
+    with TestClient(create_app(model, ServerConfig())) as first, TestClient(create_app(model, ServerConfig())) as second:
+        assert first.post("/v1/classify", json={"image": b64(pngs[0])}).status_code == 200
+        ok = {"route": "/v1/classify", "status": "200"}
+        assert sample_value(scrape(first), "emovlm_kd_requests_total", **ok) == 1
+        assert sample_value(scrape(second), "emovlm_kd_requests_total", **ok) == 0
 
 
 def test_api_key_guards_the_api_but_not_page_or_health(model, monkeypatch, pngs):
@@ -304,7 +362,8 @@ def test_api_key_guards_the_api_but_not_page_or_health(model, monkeypatch, pngs)
             assert_error(refused, 401, "invalid_api_key", "Bearer")
             assert refused.headers["www-authenticate"] == "Bearer"
         assert_error(client.post("/v1/classify", json={"image": b64(pngs[0])}), 401, "invalid_api_key")
-        assert_error(client.get("/metrics"), 401, "invalid_api_key")
+        for path in ("/metrics", "/metrics.json"):
+            assert_error(client.get(path), 401, "invalid_api_key")
         good = {"Authorization": "Bearer s3cret"}
         assert client.get("/v1/models", headers=good).status_code == 200
         assert client.post("/v1/classify", json={"image": b64(pngs[0])}, headers=good).status_code == 200
@@ -427,6 +486,6 @@ def test_serve_command_builds_the_app_from_its_flags(trained, monkeypatch, capsy
     assert "on http://127.0.0.1:8123/ " in capsys.readouterr().out
     with TestClient(started["app"]) as client:
         assert client.get("/v1/models").json()["data"][0]["id"] == run_dir.name
-        assert client.get("/metrics").json()["queue_size"] == 5
+        assert client.get("/metrics.json").json()["queue_size"] == 5
         # --allow-url-images is on: a loopback URL is refused for its address, not for being a URL.
         assert_error(client.post("/v1/classify", json={"image": "http://127.0.0.1/x.png"}), 400, "forbidden_image_url")

@@ -110,7 +110,7 @@ def report(title: str, outcomes: list[Outcome], seconds: float, metrics: dict) -
 def fetch_metrics(base: str) -> dict:
     url = urllib.parse.urlsplit(base)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    connection.request("GET", "/metrics")
+    connection.request("GET", "/metrics.json")
     return json.loads(connection.getresponse().read())
 
 

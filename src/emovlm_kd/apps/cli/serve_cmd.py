@@ -29,6 +29,7 @@ def register(subparsers, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn
     except ImportError as missing:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client.exposition import choose_encoder
 from starlette.exceptions import HTTPException
 
 from emovlm_kd import __version__
@@ -81,6 +82,7 @@ def create_app(model, config: ServerConfig) -> FastAPI:
         )
         batcher.start()
         app.state.batcher = batcher
+        metrics.watch_queue(lambda: batcher.depth)
         try:
             yield
         finally:
@@ -130,7 +132,13 @@ def create_app(model, config: ServerConfig) -> FastAPI:
     protected = APIRouter(dependencies=[Depends(require_key)])
 
     @protected.get("/metrics")
-    async def metrics_report(request: Request) -> dict:
+    async def prometheus_metrics(request: Request) -> Response:
+        # The format the scraper asks for in Accept (OpenMetrics), else Prometheus text.
+        encode, content_type = choose_encoder(request.headers.get("accept"))
+        return Response(encode(metrics.registry), media_type=content_type)
+
+    @protected.get("/metrics.json")
+    async def metrics_summary(request: Request) -> dict:
         return metrics.snapshot(request.app.state.batcher.depth, config.queue_size)
 
     @protected.get("/v1/models")

@@ -1,15 +1,27 @@
-"""Request counts, latency percentiles and batch sizes, kept in memory for `/metrics`."""
+"""Request counts, latencies, queue depth, batch sizes and model time, kept in memory.
+
+`/metrics` gives them in the Prometheus text format; `/metrics.json` gives a summary for
+people, with latency percentiles over each route's recent requests.
+"""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Paths counted by name; any other path is counted as "other", so that scanners probing
-# random URLs cannot grow the table.
-ROUTES = ("/", "/health", "/metrics", "/v1/classify", "/v1/chat/completions", "/v1/models")
+# random URLs cannot grow the table (nor the number of Prometheus series).
+ROUTES = ("/", "/health", "/metrics", "/metrics.json", "/v1/classify", "/v1/chat/completions", "/v1/models")
+
+# From a classify batch of a few milliseconds up to a chat answer near the default 60 s time-out.
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Items per model call: up to --max-batch-size, or a whole request larger than a batch.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -20,16 +32,31 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Metrics:
-    """Thread-safe counters; latencies are the last `window` requests of each route."""
+    """Thread-safe metrics of one app, in a registry of its own so that several apps in one
+    process never share series; latencies for the percentiles are the last `window`
+    requests of each route."""
 
     def __init__(self, window: int = 4096):
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "emovlm_kd_requests", "HTTP responses by route and status code.", ["route", "status"], registry=self.registry
+        )
+        self._request_seconds = Histogram(
+            "emovlm_kd_request_duration_seconds", "Time from request to response, by route.", ["route"],
+            buckets=SECONDS_BUCKETS, registry=self.registry,
+        )
+        self._queue_depth = Gauge("emovlm_kd_queue_depth", "Requests waiting for the model.", registry=self.registry)
+        self._batch_size = Histogram(
+            "emovlm_kd_batch_size", "Items (images or chat prompts) per model call.",
+            buckets=BATCH_SIZE_BUCKETS, registry=self.registry,
+        )
+        self._model_seconds = Histogram(
+            "emovlm_kd_model_seconds", "Seconds per model call; the sum is the time spent in the model.",
+            buckets=SECONDS_BUCKETS, registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._started = time.monotonic()
-        self._statuses: dict[str, Counter] = defaultdict(Counter)
         self._latencies: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
-        self._batches = 0
-        self._batched_items = 0
-        self._model_seconds = 0.0
 
     @staticmethod
     def route(path: str) -> str:
@@ -37,19 +64,23 @@ class Metrics:
             return "/v1/models"
         return path if path in ROUTES else "other"
 
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth from `depth` at every scrape."""
+        self._queue_depth.set_function(depth)
+
     def record_request(self, path: str, status: int, seconds: float) -> None:
         route = self.route(path)
+        self._requests.labels(route, str(status)).inc()
+        self._request_seconds.labels(route).observe(seconds)
         with self._lock:
-            self._statuses[route][str(status)] += 1
             self._latencies[route].append(seconds)
 
     def record_batch(self, items: int, seconds: float) -> None:
-        with self._lock:
-            self._batches += 1
-            self._batched_items += items
-            self._model_seconds += seconds
+        self._batch_size.observe(items)
+        self._model_seconds.observe(seconds)
 
     def snapshot(self, queue_depth: int, queue_size: int) -> dict:
+        """The summary served as JSON; counts and sums are read back from the registry."""
         with self._lock:
             latency = {
                 route: {
@@ -58,19 +89,28 @@ class Metrics:
                 }
                 for route, values in self._latencies.items()
             }
-            return {
-                "uptime_s": round(time.monotonic() - self._started, 1),
-                "queue_depth": queue_depth,
-                "queue_size": queue_size,
-                "requests": {route: dict(counts) for route, counts in self._statuses.items()},
-                "latency": latency,
-                "batches": {
-                    "count": self._batches,
-                    "items": self._batched_items,
-                    "mean_size": round(self._batched_items / self._batches, 2) if self._batches else 0.0,
-                    "model_seconds": round(self._model_seconds, 3),
-                },
-            }
+        batches = int(self.registry.get_sample_value("emovlm_kd_batch_size_count"))
+        items = int(self.registry.get_sample_value("emovlm_kd_batch_size_sum"))
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "queue_depth": queue_depth,
+            "queue_size": queue_size,
+            "requests": self._counts_by_route(),
+            "latency": latency,
+            "batches": {
+                "count": batches,
+                "items": items,
+                "mean_size": round(items / batches, 2) if batches else 0.0,
+                "model_seconds": round(self.registry.get_sample_value("emovlm_kd_model_seconds_sum"), 3),
+            },
+        }
+
+    def _counts_by_route(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        for sample in self._requests.collect()[0].samples:
+            if sample.name.endswith("_total"):  # the counter also has `_created` samples
+                counts[sample.labels["route"]][sample.labels["status"]] = int(sample.value)
+        return dict(counts)
 
 
 class RecordMetrics:
