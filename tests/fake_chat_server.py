@@ -1,8 +1,12 @@
 """A loopback OpenAI-compatible chat-completions server with scripted failures, for tests.
 
 Each request takes the next action of `script` (an HTTP status such as '429' or '500',
-'timeout', 'garbage', 'no sections', 'leak'); once the script is used up, requests are answered properly, in
-a rotation of the heading styles models use. The true label is read back from the prompt.
+'timeout', 'garbage', 'no sections', 'leak', 'off-schema'); once the script is used up,
+requests are answered properly, in a rotation of `styles` (by default the four heading
+styles of `ANSWER_STYLES`, each ending in a line that names the emotion, as models do).
+A request with a `response_format` is refused with `refusal_status` unless
+`accepts_schema`; when accepted it is answered with JSON that fits the schema. The true
+label is read back from the prompt.
 """
 
 from __future__ import annotations
@@ -15,20 +19,31 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ANSWER_STYLES = (
-    "Key elements:\n- a round face\n- {colour} background\n\nReasoning:\nThe raised brows and open mouth set the mood.",
-    "**Key Elements:**\n1. a round face\n2. a {colour} background\n\n**Reasoning:** The eyes and mouth carry it.",
-    "Sure, here it is.\n\n## 1. Key elements\nA round face on a {colour} ground.\n\n"
-    "## 2. Reasoning\nThe mouth shape decides it.",
-    "1) KEY ELEMENTS - a round face, {colour} tones\n2) REASONING - the brows and mouth together set the tone.",
-)
+# name -> answer; the first is the shape that once left every record flagged.
+ANSWER_STYLES = {
+    "bold numbered": "**1. Key Elements**\n- a round face\n- a {colour} background\n\n"
+    "**2. Reasoning**\nThe raised brows and open mouth set the mood.\n\n**3. Emotion**: {label}",
+    "numbered bold": "1. **Key Elements**:\n   1. a round face\n   2. a {colour} background\n"
+    "2. **Reasoning**: The eyes and mouth carry it.\n\nEmotion: {label}",
+    "markdown headers": "Sure, here it is.\n\n### Key Elements\n* a round face on a {colour} ground\n\n"
+    "## 2) Reasoning\nThe mouth shape decides it.\n\n**Emotion:** {label}",
+    "dash and bold": "Key elements - a round face, {colour} tones\n"
+    "**Reasoning:** the brows and mouth together set the tone.\nEmotion - {label}",
+}
 
 
 class FakeChatServer:
     """Start with `with FakeChatServer(...) as server:`; `server.base_url` ends in /v1."""
 
-    def __init__(self, script=(), timeout_sleep: float = 1.0, delay: float = 0.0):
+    def __init__(
+        self, script=(), timeout_sleep: float = 1.0, delay: float = 0.0, styles=tuple(ANSWER_STYLES.values()),
+        accepts_schema: bool = False, refusal_status: int = 400,
+    ):
         self.script = list(script)
+        self.styles = list(styles)
+        self.accepts_schema = accepts_schema
+        self.refusal_status = refusal_status
+        self.refused = 0  # requests refused for their response_format; not in `requests`
         self.timeout_sleep = timeout_sleep
         self.delay = delay
         self.requests = 0
@@ -76,6 +91,13 @@ class FakeChatServer:
                 label = re.search(r"label is \"(\w+)\"", text["text"]).group(1)
                 digest = hashlib.sha256(image["image_url"]["url"].encode()).hexdigest()
                 server.authorization = self.headers.get("Authorization")
+                structured = "response_format" in body
+                if structured and not server.accepts_schema:
+                    with server._lock:
+                        server.refused += 1
+                    message = "response_format json_schema is not supported by this server"
+                    self._send(server.refusal_status, {"error": {"message": message}})
+                    return
                 action, served = server._next(digest)
                 if server.hold_after is not None and served >= server.hold_after:
                     server.release.wait()
@@ -91,9 +113,15 @@ class FakeChatServer:
                     self._send(200, _completion("I would rather not structure my answer."))
                 elif action == "leak":
                     self._send(200, _completion(f"Key elements: a face\nReasoning: it shows {label}."))
+                elif action == "off-schema":  # JSON, but with the wrong keys
+                    self._send(200, _completion(json.dumps({"Key Elements": "a face", "Reasoning": "the mouth"})))
+                elif structured:
+                    answer = {"key_elements": ["a round face", f"a #{digest[:6]} background"],
+                              "reasoning": "The raised brows and open mouth set the mood."}
+                    self._send(200, _completion(json.dumps(answer)))
                 else:
-                    style = ANSWER_STYLES[server.requests % len(ANSWER_STYLES)]
-                    self._send(200, _completion(style.format(colour=f"#{digest[:6]}")))
+                    style = server.styles[server.requests % len(server.styles)]
+                    self._send(200, _completion(style.format(colour=f"#{digest[:6]}", label=label.capitalize())))
 
             def _send(self, status, payload, headers=None):
                 self._send_raw(status, json.dumps(payload).encode(), headers)

@@ -1,13 +1,15 @@
 """Stage 0 without a server: answer parsing, the prompt, back-off, the record file, --check."""
 
 import json
+import os
 import random
+import time
 
 import pytest
 
 from emovlm_kd.annotate.backends import api_key_from_env, fit_image
 from emovlm_kd.annotate.config import AnnotateConfig
-from emovlm_kd.annotate.parsing import ParsedAnswer, parse_answer
+from emovlm_kd.annotate.parsing import ParsedAnswer, parse_answer, parse_structured
 from emovlm_kd.annotate.prompts import annotation_prompt
 from emovlm_kd.annotate.records import AnnotationFile, read_records
 from emovlm_kd.annotate.runner import backoff_delay
@@ -31,8 +33,32 @@ WHY = "the open sky and the running dog suggest freedom."
         f"### 1. Key visual elements:\n{KEY}\n### 2. Emotional reasoning:\n{WHY}",
         f"key elements\n{KEY}\n\nreasoning\n{WHY}",
         f"Key elements: {KEY}. Reasoning: {WHY}",
+        f"**Key elements:** {KEY}. **Reasoning:** {WHY}",
         json.dumps({"key_elements": KEY, "reasoning": WHY}),
         "```json\n" + json.dumps({"Key Elements": KEY, "Reasoning": WHY}) + "\n```",
+        # Numbering, bold and header markup in any order and combination.
+        f"**1. Key Elements**\n{KEY}\n\n**2. Reasoning**\n{WHY}",
+        f"**1. Key Elements:**\n{KEY}\n**2. Reasoning:** {WHY}",
+        f"1. **Key Elements**:\n{KEY}\n2. **Reasoning**: {WHY}",
+        f"**1.** Key elements: {KEY}\n**2.** Reasoning: {WHY}",
+        f"## 1) Key Elements\n{KEY}\n## 2) Reasoning\n{WHY}",
+        f"### **1. Key Elements:**\n{KEY}\n### **2. Reasoning:**\n{WHY}",
+        f"## **Key Elements**\n{KEY}\n## **Reasoning**\n{WHY}",
+        f"Key elements -\n{KEY}\nReasoning -\n{WHY}",
+        f"Key elements — {KEY}\nReasoning — {WHY}",
+        f"- **Key elements:** {KEY}\n- **Reasoning:** {WHY}",
+        f"__Key elements__: {KEY}\n__Reasoning__: {WHY}",
+        f"*Key elements*: {KEY}\n*Reasoning*: {WHY}",
+        f"(1) Key elements: {KEY}\n(2) Reasoning: {WHY}",
+        f"Step 1: Key elements\n{KEY}\nStep 2: Reasoning\n{WHY}",
+        f"Key Elements:\n\n{KEY}\n\nReasoning:\n\n{WHY}\n",
+        # A last line that names the emotion is dropped, whatever its markup.
+        f"Key elements: {KEY}\nReasoning: {WHY}\n\nEmotion: joy",
+        f"**Key Elements**: {KEY}\n**Reasoning**: {WHY}\n**Emotion**: Joy",
+        f"**1. Key Elements**\n{KEY}\n**2. Reasoning**\n{WHY}\n**3. Emotion**\nJoy",
+        f"### Key Elements\n{KEY}\n### Reasoning\n{WHY}\n### Evoked emotion\nJoy",
+        f"KEY ELEMENTS\n{KEY}\nREASONING\n{WHY}\nFINAL EMOTION: JOY",
+        f"Key elements - {KEY}\nReasoning - {WHY}\nEmotion - joy",
     ],
 )
 def test_both_sections_are_found_in_any_common_format(answer):
@@ -44,11 +70,48 @@ def test_both_sections_are_found_in_any_common_format(answer):
 def test_lists_stay_intact_and_prose_is_not_mistaken_for_a_heading():
     answer = (
         "**Key elements:**\n- a grey sky\n- reasoning about the light is hard\n\n"
-        "**Reasoning:**\nReasoning from the sky, the scene feels heavy.\nIt is quiet."
+        "**Reasoning:**\nReasoning from the sky, the scene feels heavy.\nEmotional weight comes from the grey."
+        "\nEmotion runs through the empty bench.\nIt is quiet."
     )
     parsed = parse_answer(answer)
     assert parsed.key_elements == "- a grey sky\n- reasoning about the light is hard"
-    assert parsed.reasoning == "Reasoning from the sky, the scene feels heavy.\nIt is quiet."
+    assert parsed.reasoning == (
+        "Reasoning from the sky, the scene feels heavy.\nEmotional weight comes from the grey."
+        "\nEmotion runs through the empty bench.\nIt is quiet."
+    )
+    starred = parse_answer("### Key Elements\n* a grey sky\n* an empty bench\n### Reasoning\n**Grey** skies weigh.")
+    assert starred == ParsedAnswer("* a grey sky\n* an empty bench", "**Grey** skies weigh.")
+
+
+def test_long_runs_of_markup_are_parsed_at_once():
+    # A pattern that can split '****' in many ways takes hours on such lines.
+    for line in ("*" * 5000 + " x", "#" * 5000, " " * 5000 + "x", "1." * 2000 + "x"):
+        started = time.perf_counter()
+        assert parse_answer(f"{line}\nKey elements: {KEY}\n{line}\nReasoning: {WHY}").key_elements
+        assert time.perf_counter() - started < 1.0
+
+
+def test_an_answer_fitting_the_schema_is_read_as_is():
+    answer = json.dumps({"key_elements": ["a dog", "a beach"], "reasoning": WHY})
+    assert parse_structured(answer) == ParsedAnswer("- a dog\n- a beach", WHY)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f"Key elements: {KEY}\nReasoning: {WHY}",
+        "```json\n" + json.dumps({"key_elements": [KEY], "reasoning": WHY}) + "\n```",
+        json.dumps({"key_elements": KEY, "reasoning": WHY}),
+        json.dumps({"key_elements": [], "reasoning": WHY}),
+        json.dumps({"key_elements": [KEY, " "], "reasoning": WHY}),
+        json.dumps({"key_elements": [KEY], "reasoning": ""}),
+        json.dumps({"key_elements": [KEY]}),
+        json.dumps({"key_elements": [KEY], "reasoning": WHY, "emotion": "joy"}),
+        json.dumps([KEY, WHY]),
+    ],
+)
+def test_an_answer_off_the_schema_is_left_to_the_text_parser(answer):
+    assert parse_structured(answer) is None
 
 
 @pytest.mark.parametrize(
@@ -147,6 +210,41 @@ def test_appended_records_are_on_disk_at_once(tmp_path):
         out.append(_record("a.png"))
         # Another reader sees the whole line before the file is closed.
         assert json.loads(path.read_text())["image"] == "a.png"
+
+
+def test_keep_newest_rewrites_one_record_per_image_and_keeps_the_lock(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with AnnotationFile(path) as out:
+        for record in (_record("a.png", key=""), _record("b.png"), _record("c.png", why=""), _record("a.png")):
+            out.append(record)
+        out.append(_record("c.png", why="a fixed answer"))
+        out.keep_newest()
+        with pytest.raises(UserError, match="another `emovlm-kd annotate`"):
+            AnnotationFile(path).__enter__()
+        out.append(_record("d.png"))
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    # Each image keeps its place, with its newest record.
+    assert [(r["image"], r["key_elements"], r["reasoning"]) for r in records] == [
+        ("a.png", "a smile", "bright colours"), ("b.png", "a smile", "bright colours"),
+        ("c.png", "a smile", "a fixed answer"), ("d.png", "a smile", "bright colours"),
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_a_failed_rewrite_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = _write(tmp_path / "out.jsonl", [_record("a.png", key=""), _record("a.png")])
+    before = path.read_bytes()
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with AnnotationFile(path) as out:
+        with pytest.raises(UserError, match="cannot rewrite .* left as it was"):
+            out.keep_newest()
+        out.append(_record("b.png"))  # still appending to the file it opened
+    assert path.read_bytes() == before + _lines([_record("b.png")])
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 
 
 def test_check_counts_records_flags_and_labels(tmp_path):

@@ -75,7 +75,8 @@ def test_failures_are_retried_bad_answers_flagged_and_reruns_skip_done_images(
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len({r["image"] for r in records}) == len(records) == 12
-    assert all(set(r) == {"image", "label", "key_elements", "reasoning", "raw", "model", "flags"} for r in records)
+    fields = {"image", "label", "key_elements", "reasoning", "raw", "model", "mode", "flags"}
+    assert all(set(r) == fields for r in records)
     flags = sorted(tuple(r["flags"]) for r in records if r["flags"])
     assert flags == [("missing key_elements", "missing reasoning"), ("names the true label",)]
     good = [r for r in records if not r["flags"]]

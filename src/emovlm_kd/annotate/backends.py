@@ -4,6 +4,9 @@ A backend answers one (image, prompt) at a time and sorts its failures: `Transie
 is worth retrying (rate limit, server error, time-out, dropped connection),
 `RequestFailed` is not (the endpoint refused this image), and `UserError` stops the run
 (wrong key, wrong URL or model name), since every other image would fail the same way.
+
+The endpoint backend asks for JSON that fits `ANNOTATION_SCHEMA` (structured outputs);
+an endpoint that refuses `response_format` is asked in plain text from then on.
 """
 
 from __future__ import annotations
@@ -11,17 +14,25 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 from PIL import Image
 
 from emovlm_kd.annotate.config import AnnotateConfig
-from emovlm_kd.annotate.prompts import ANNOTATION_SYSTEM_PROMPT
+from emovlm_kd.annotate.prompts import ANNOTATION_SCHEMA, ANNOTATION_SYSTEM_PROMPT
 from emovlm_kd.errors import UserError
+
+log = logging.getLogger("emovlm_kd")
 
 # Stands in for the key of servers that want none (vLLM, Ollama, LM Studio); the client needs one.
 NO_API_KEY = "no-key"
+# OpenAI's structured outputs; strict, so the model can only write JSON that fits the schema.
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "annotation", "strict": True, "schema": ANNOTATION_SCHEMA},
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,8 @@ class Answer:
     text: str
     # The answer stopped at max_tokens, so its last section may be cut short.
     truncated: bool = False
+    # It was asked for as JSON fitting ANNOTATION_SCHEMA.
+    structured: bool = False
 
 
 class TransientError(Exception):
@@ -41,6 +54,10 @@ class TransientError(Exception):
 
 class RequestFailed(Exception):
     """A failure of one image that sending the same request again will not fix."""
+
+
+class _SchemaRefused(Exception):
+    """The endpoint refused a request for its `response_format`."""
 
 
 def fit_image(image: Image.Image, max_side: int) -> Image.Image:
@@ -92,9 +109,10 @@ class OpenAICompatibleBackend:
         # Retries are ours (seeded jitter, configurable delays), so the client makes none.
         api_key = api_key_from_env(config.api_key_env)
         self.client = openai.OpenAI(base_url=config.base_url, api_key=api_key, timeout=config.timeout, max_retries=0)
+        # Until the endpoint refuses response_format; then plain text for the rest of the run.
+        self.structured = True
 
     def describe(self, image: Image.Image, prompt: str) -> Answer:
-        openai = self._openai
         messages = [
             {"role": "system", "content": ANNOTATION_SYSTEM_PROMPT},
             {
@@ -105,15 +123,32 @@ class OpenAICompatibleBackend:
                 ],
             },
         ]
+        if not self.structured:
+            return self._complete(messages, structured=False)
+        try:
+            return self._complete(messages, structured=True)
+        except _SchemaRefused as refusal:
+            # Remembered only once plain text gets through: a refusal of this image is no refusal of schemas.
+            answer = self._complete(messages, structured=False)
+            if self.structured:
+                self.structured = False
+                log.warning("annotate: the endpoint refused response_format (%s); parsing text answers", refusal)
+            return answer
+
+    def _complete(self, messages: list[dict], structured: bool) -> Answer:
+        openai = self._openai
+        extra = {"response_format": RESPONSE_FORMAT} if structured else {}
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature
+                model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature, **extra
             )
         except openai.APITimeoutError:
             raise TransientError(f"no answer within {self.timeout:g} s") from None
         except openai.APIConnectionError as error:
             raise TransientError(f"cannot reach {self.base_url} ({error.__cause__ or error})") from None
         except openai.APIStatusError as error:
+            if structured and _refuses_schema(error):
+                raise _SchemaRefused(_message(error)) from None
             raise self._status_error(error) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError) as error:
             # A proxy's error page or a cut connection; the next try usually gets through.
@@ -123,11 +158,11 @@ class OpenAICompatibleBackend:
         if not isinstance(text, str) or not text.strip():
             reason = choice.finish_reason if choice is not None else "no choices"
             raise RequestFailed(f"the model returned no text (finish reason: {reason})")
-        return Answer(text, truncated=choice.finish_reason == "length")
+        return Answer(text, truncated=choice.finish_reason == "length", structured=structured)
 
     def _status_error(self, error) -> Exception:
         status = error.status_code
-        detail = _short(getattr(error, "message", "") or str(error))
+        detail = _message(error)
         if status in (408, 409, 429) or status >= 500:
             return TransientError(f"HTTP {status}: {detail}", retry_after=_retry_after(error.response))
         if status in (401, 403):
@@ -178,6 +213,15 @@ def make_backend(config: AnnotateConfig):
     if config.backend == "local":
         return LocalVLMBackend(config)
     return OpenAICompatibleBackend(config)
+
+
+def _refuses_schema(error) -> bool:
+    # Servers without structured outputs answer 400 or 422, or name the field they reject.
+    return error.status_code in (400, 422) or "response_format" in _message(error).lower()
+
+
+def _message(error) -> str:
+    return _short(getattr(error, "message", "") or str(error))
 
 
 def _retry_after(response) -> float | None:

@@ -57,6 +57,10 @@ class AnnotateConfig:
     give_up_after: int = _setting(
         20, "stop after this many images fail in a row (0: never), e.g. when the endpoint is down", metavar="N",
     )
+    retry_flagged: bool = _setting(
+        False, "ask again for the images whose records are flagged (see --check) and keep only the new records; "
+        "no other image is asked again",
+    )
 
     def validate(self) -> None:
         """Refuse settings that cannot work, in one sentence each."""

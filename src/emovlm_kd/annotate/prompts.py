@@ -1,5 +1,7 @@
 """The stage-0 request: show the image and its true label, ask for key elements and reasoning.
 
+The same prompt goes with or without `ANNOTATION_SCHEMA`; the schema only fixes the form.
+
 The categories listed are the dataset's own taxonomy (the reference listed Mikels' 8 for
 every dataset). The answer must not name the label, so that the inference task teaches
 the VLM to reason towards an emotion instead of copying one.
@@ -16,6 +18,27 @@ ANNOTATION_SYSTEM_PROMPT = (
 
 KEY_ELEMENTS_HEADING = "Key elements"
 REASONING_HEADING = "Reasoning"
+
+# The answer's form where the endpoint takes a JSON schema (OpenAI structured outputs,
+# vLLM, Ollama): the two sections and nothing else, so nothing has to be parsed.
+ANNOTATION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "key_elements": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "description": "what in the image could evoke an emotion, one short item each",
+        },
+        "reasoning": {
+            "type": "string",
+            "minLength": 1,
+            "description": "how the key elements lead a viewer to the labelled emotion, without naming it",
+        },
+    },
+    "required": ["key_elements", "reasoning"],
+    "additionalProperties": False,
+}
 
 
 def annotation_prompt(label: str, taxonomy: Taxonomy) -> str:

@@ -5,6 +5,10 @@ crash of the machine (not of the program) can leave a torn last line. Opening th
 again finds such a tail and cuts it off (that image is annotated again), so a record is
 never lost once written and never written twice. An exclusive lock keeps two runs from
 appending to the same file at once.
+
+A record asked for again (`annotate --retry-flagged`) is appended like any other, so a
+crash loses nothing; `AnnotationFile.keep_newest` then rewrites the file with the newest
+record of each image, through a temporary file renamed over it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emovlm_kd.data.annotations import annotation_flags
 from emovlm_kd.errors import UserError
+from emovlm_kd.labels import Taxonomy
 
 log = logging.getLogger("emovlm_kd")
 
@@ -54,6 +60,20 @@ def parse_records(data: bytes, path: Path) -> RecordsRead:
     ends_cleanly = data.rstrip(b" \t\r").endswith(b"\n")
     result.missing_final_newline = bool(result.records) and not result.torn_tail and not ends_cleanly
     return result
+
+
+def record_flags(record: dict, taxonomy: Taxonomy) -> tuple[str, ...]:
+    """A record's stored flags plus the checks run again, as training judges it."""
+    label = taxonomy.normalise(str(record["label"]))
+    key_elements, reasoning = str(record.get("key_elements") or ""), str(record.get("reasoning") or "")
+    stored = record.get("flags") or []
+    return tuple(dict.fromkeys([*map(str, stored), *annotation_flags(label, key_elements, reasoning, taxonomy)]))
+
+
+def newest_records(records: list[dict]) -> dict[str, dict]:
+    """image -> its last record, in the order the images first appear."""
+    # Assigning an existing key keeps its place, so a retried record takes its predecessor's.
+    return {record["image"]: record for record in records}
 
 
 def run_settings_path(path: str | Path) -> Path:
@@ -152,11 +172,44 @@ class AnnotationFile:
 
     def append(self, record: dict) -> None:
         """Write one record as one line, durably (flushed and fsync'd) before returning."""
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            self._write(line)
+            self._write(_line(record))
             self.records.append(record)
             self.done.add(record["image"])
+
+    def keep_newest(self) -> None:
+        """Rewrite the file with only the last record of each image, atomically.
+
+        The new file is written, fsync'd and locked beside the old one, then renamed over
+        it: a crash leaves the old file whole, and no other run can slip in between.
+        """
+        newest = list(newest_records(self.records).values())
+        if len(newest) == len(self.records):
+            return
+        temporary = self.path.with_name(f".{self.path.name}.rewrite")
+        appending = self._fd
+        try:
+            self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            _lock_exclusively(self._fd, temporary)
+            self._write(b"".join(map(_line, newest)))
+            os.replace(temporary, self.path)
+        except OSError as error:
+            self._abandon(temporary, appending)
+            raise UserError(
+                f"cannot rewrite {self.path} ({error.strerror}); it is left as it was, free some space and rerun."
+            ) from None
+        except BaseException:
+            self._abandon(temporary, appending)
+            raise
+        os.close(appending)
+        _fsync_folder(self.path.parent)
+        self.records = newest
+
+    def _abandon(self, temporary: Path, appending: int) -> None:
+        if self._fd != appending:
+            os.close(self._fd)
+        self._fd = appending
+        temporary.unlink(missing_ok=True)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -170,6 +223,22 @@ class AnnotationFile:
             raise UserError(
                 f"cannot write to {self.path} ({error.strerror}); free some space or pick another --out, then rerun."
             ) from None
+
+
+def _line(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable once the folder is; systems that cannot fsync a folder skip it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _lock_exclusively(fd: int, path: Path) -> None:

@@ -4,7 +4,8 @@ Worker threads send the requests; only the calling thread writes, so records are
 serialised and a killed worker can never leave half a line. Each record is on disk
 (fsync'd) as soon as it arrives, a rerun skips the images already in the file, and
 images that still fail after their retries are reported, not written, so the next run
-tries them again.
+tries them again. With `retry_flagged` the images whose records are flagged are asked
+again too; their new records replace the old ones when the run ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import queue
 import random
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +27,9 @@ from emovlm_kd.annotate.backends import (
     make_backend,
 )
 from emovlm_kd.annotate.config import AnnotateConfig
-from emovlm_kd.annotate.parsing import parse_answer
+from emovlm_kd.annotate.parsing import parse_answer, parse_structured
 from emovlm_kd.annotate.prompts import annotation_prompt
-from emovlm_kd.annotate.records import AnnotationFile, run_settings_path
+from emovlm_kd.annotate.records import AnnotationFile, newest_records, record_flags, run_settings_path
 from emovlm_kd.data.annotations import annotation_flags
 from emovlm_kd.data.datasets import Sample, load_dataset
 from emovlm_kd.errors import UserError
@@ -55,6 +57,10 @@ class AnnotateReport:
     already_done: int = 0
     written: int = 0
     flagged: int = 0
+    # Images asked again because their record was flagged (`retry_flagged`).
+    retried: int = 0
+    # "structured" (JSON fitting the schema) or "parsed" (from text) -> records written.
+    modes: Counter = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
     not_attempted: int = 0
 
@@ -95,8 +101,9 @@ def backoff_delay(
 def annotate_dataset(config: AnnotateConfig, backend=None) -> AnnotateReport:
     """Append a record for each training image of `config.data` not yet in `config.out`.
 
-    `backend` defaults to the one the config names (an object with `describe`, `model` and
-    `max_workers`; see `emovlm_kd.annotate.backends`).
+    With `config.retry_flagged`, also for each whose record is flagged, then keep only
+    the newest record of each image. `backend` defaults to the one the config names (an
+    object with `describe`, `model` and `max_workers`; see `emovlm_kd.annotate.backends`).
     """
     config.validate()
     # First, so that a missing key or an unknown model is said before the dataset is scanned.
@@ -111,17 +118,29 @@ def annotate_dataset(config: AnnotateConfig, backend=None) -> AnnotateReport:
     out_path = Path(config.out)
     report = AnnotateReport(out_path, images=len(train))
     with AnnotationFile(out_path) as out:
-        todo = [(sample, key) for sample in train if (key := image_key(sample.path, base)) not in out.done]
+        flagged = _flagged_images(out.records, dataset.taxonomy) if config.retry_flagged else set()
+        todo = [
+            (sample, key) for sample in train
+            if (key := image_key(sample.path, base)) not in out.done or key in flagged
+        ]
         report.already_done = len(train) - len(todo)
+        report.retried = sum(key in flagged for _, key in todo)
         log.info(
-            "annotate: %d training images, %d already in %s, %d to do",
+            "annotate: %d training images, %d already in %s, %d to do%s",
             len(train), report.already_done, out_path, len(todo),
+            f" ({report.retried} of them flagged)" if config.retry_flagged else "",
         )
-        if not todo:
-            return report
-        write_json(run_settings_path(out_path), {"annotate": config.to_dict(), "taxonomy": dataset.taxonomy.name})
-        _run(todo, backend, dataset.taxonomy, config, out, report)
+        if todo:
+            write_json(run_settings_path(out_path), {"annotate": config.to_dict(), "taxonomy": dataset.taxonomy.name})
+            _run(todo, backend, dataset.taxonomy, config, out, report)
+        if config.retry_flagged:
+            out.keep_newest()
     return report
+
+
+def _flagged_images(records: list[dict], taxonomy: Taxonomy) -> set[str]:
+    # An image's newest record decides, so what a crashed retry already fixed is not asked again.
+    return {image for image, record in newest_records(records).items() if record_flags(record, taxonomy)}
 
 
 def _run(
@@ -199,6 +218,7 @@ def _write(out: AnnotationFile, record: dict, report: AnnotateReport) -> None:
     out.append(record)
     report.written += 1
     report.flagged += bool(record["flags"])
+    report.modes[record["mode"]] += 1
 
 
 def _annotate_one(
@@ -221,7 +241,9 @@ def _annotate_one(
             log.debug("annotate: %s: %s; retry in %.2f s", key, error, delay)
             if stop.wait(delay):
                 raise _Stopped from None
-    parsed = parse_answer(answer.text)
+    # An answer asked for as JSON that does not fit the schema is read like any text.
+    structured = parse_structured(answer.text) if answer.structured else None
+    parsed = structured or parse_answer(answer.text)
     flags = annotation_flags(sample.label, parsed.key_elements, parsed.reasoning, taxonomy)
     if answer.truncated:
         flags += (TRUNCATED_FLAG,)
@@ -232,5 +254,6 @@ def _annotate_one(
         "reasoning": parsed.reasoning,
         "raw": answer.text,
         "model": backend.model,
+        "mode": "structured" if structured else "parsed",
         "flags": list(flags),
     }

@@ -7,8 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emovlm_kd.annotate.records import read_records, run_settings_path
-from emovlm_kd.data.annotations import annotation_flags
+from emovlm_kd.annotate.records import read_records, record_flags, run_settings_path
 from emovlm_kd.errors import UserError
 from emovlm_kd.labels import Taxonomy, get_taxonomy, guess_taxonomy
 
@@ -23,6 +22,8 @@ class AnnotationSummary:
     # label -> [records, flagged]
     by_label: dict[str, list[int]] = field(default_factory=dict)
     models: Counter = field(default_factory=Counter)
+    # How the answers were read: "structured" (JSON schema) or "parsed" (from text).
+    modes: Counter = field(default_factory=Counter)
     duplicates: int = 0
     torn_tail_bytes: int = 0
 
@@ -51,14 +52,14 @@ def summarise_annotations(path: str | Path, taxonomy: str | None = None) -> Anno
     seen: set[str] = set()
     for record in read.records:
         label = chosen.normalise(str(record["label"]))
-        key_elements, reasoning = str(record.get("key_elements") or ""), str(record.get("reasoning") or "")
-        stored = record.get("flags") or []
-        flags = tuple(dict.fromkeys([*map(str, stored), *annotation_flags(label, key_elements, reasoning, chosen)]))
+        flags = record_flags(record, chosen)
         summary.duplicates += record["image"] in seen
         seen.add(record["image"])
         summary.records += 1
         summary.by_label[label][0] += 1
         summary.models[str(record.get("model") or "unknown")] += 1
+        if record.get("mode"):
+            summary.modes[str(record["mode"])] += 1
         if flags:
             summary.flagged += 1
             summary.by_label[label][1] += 1
@@ -96,6 +97,8 @@ def format_summary(summary: AnnotationSummary) -> str:
         lines.append(f"  {label:<{width}}  {records:>7}  {records - flagged:>6}  {flagged:>7}")
     if summary.models:
         lines.append("models: " + ", ".join(f"{model} ({count})" for model, count in summary.models.most_common()))
+    if summary.modes:
+        lines.append(format_modes(summary.modes))
     if summary.duplicates:
         lines.append(
             f"{summary.duplicates} record(s) repeat an image already in the file; training uses the last one of each."
@@ -106,3 +109,8 @@ def format_summary(summary: AnnotationSummary) -> str:
             "the next `emovlm-kd annotate` run on this file removes it and redoes that image."
         )
     return "\n".join(lines)
+
+
+def format_modes(modes: Counter) -> str:
+    """'answers: 80 structured (JSON schema), 4 parsed from text'."""
+    return f"answers: {modes['structured']} structured (JSON schema), {modes['parsed']} parsed from text"

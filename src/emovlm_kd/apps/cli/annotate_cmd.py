@@ -22,32 +22,36 @@ def register(subparsers, help_text: str) -> None:
         description=f"{help_text}. Records are appended as they arrive; rerun the same command to resume.",
     )
     parser.add_argument(
-        "--check", metavar="FILE", help="summarise an annotation file (records, flagged by reason, per label) and exit"
+        "--check", nargs="?", const="", metavar="FILE",
+        help="summarise an annotation file (default: --out): records, flagged by reason, per label; sends no request",
     )
-    # Every setting of AnnotateConfig is a flag: --base-url, --max-retries, ...
+    # Every setting of AnnotateConfig is a flag: --base-url, --max-retries, --retry-flagged, ...
     hints = typing.get_type_hints(AnnotateConfig)
     for setting in dataclasses.fields(AnnotateConfig):
         kind = next((t for t in typing.get_args(hints[setting.name]) if t is not type(None)), hints[setting.name])
-        default = "" if setting.default is None else f" (default: {setting.default})"
+        if kind is bool:
+            value = {"action": "store_true"}
+        else:
+            value = {"type": kind, **{key: setting.metadata.get(key) for key in ("choices", "metavar")}}
+        default = "" if setting.default is None or kind is bool else f" (default: {setting.default})"
         parser.add_argument(
-            "--" + setting.name.replace("_", "-"),
-            type=kind,
-            default=setting.default,
-            choices=setting.metadata.get("choices"),
-            metavar=setting.metadata.get("metavar"),
-            help=setting.metadata["help"] + default,
+            "--" + setting.name.replace("_", "-"), default=setting.default, help=setting.metadata["help"] + default,
+            **value,
         )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.check:
+    if args.check is not None:
         from emovlm_kd.annotate.summary import format_summary, summarise_annotations
 
-        print(format_summary(summarise_annotations(args.check, taxonomy=args.taxonomy)))
+        if not (args.check or args.out):
+            raise UserError("--check needs the annotation file: --check FILE, or --out FILE.", exit_code=2)
+        print(format_summary(summarise_annotations(args.check or args.out, taxonomy=args.taxonomy)))
         return 0
 
     from emovlm_kd.annotate.runner import annotate_dataset
+    from emovlm_kd.annotate.summary import format_modes
 
     if not args.verbose:
         # The HTTP client logs every request at INFO; one line per image drowns the summary.
@@ -62,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         f"{report.out}: {report.written} record(s) written ({report.flagged} flagged), "
         f"{report.already_done} already there, of {report.images} training images"
     )
+    if config.retry_flagged:
+        print(f"{report.retried} flagged record(s) asked again; the file keeps the newest record of each image")
+    if report.written:
+        print(format_modes(report.modes))
     if report.complete:
         print(f"summary: emovlm-kd annotate --check {report.out}")
         return 0
