@@ -32,6 +32,10 @@ class DataConfig:
     strict: bool = False
     split_seed: int = 42
     val_fraction: float = 0.1
+    # Columns of a Hugging Face `datasets` folder or Parquet file: the image, and the label
+    # (class names, or ClassLabel ids).
+    image_column: str = "image"
+    label_column: str = "label"
 
 
 @dataclass

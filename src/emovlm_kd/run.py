@@ -159,6 +159,8 @@ class Run:
             strict=data.strict,
             seed=data.split_seed,
             val_fraction=data.val_fraction,
+            image_column=data.image_column,
+            label_column=data.label_column,
         )
         for problem in dataset.problems:
             log.warning("data: %s", problem)

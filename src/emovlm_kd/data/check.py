@@ -13,15 +13,19 @@ def check_dataset(
     taxonomy: str | None = None,
     preset: str | None = None,
     strict: bool = False,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> tuple[str, int]:
     """Report images per split and class and every problem; exit code 0 if usable, else 1.
 
     Unusable: a class name the taxonomy does not know, an empty train or test split, an
     unreadable path or manifest, or (with `strict`) any image that fails to decode.
+    `image_column` and `label_column` name the columns of `datasets` tables.
     """
     try:
         dataset = load_dataset(
-            root, taxonomy=taxonomy, preset=preset, decode=True, skip_unknown_classes=True
+            root, taxonomy=taxonomy, preset=preset, decode=True, skip_unknown_classes=True,
+            image_column=image_column, label_column=label_column,
         )
     except UserError as error:
         return f"error: {error}", 1

@@ -1,9 +1,11 @@
-"""Dataset presets and the one loader that turns a folder tree or a manifest into splits.
+"""Dataset presets and the one loader that turns a folder tree, a manifest or a table into splits.
 
-Three layouts are read:
+Five layouts are read:
   ROOT/{train,val,test}/<class>/<image>   split folders (val carved from train if absent)
   manifest.jsonl / manifest.csv           rows of image path, label and optional split
   ROOT/<class>/<image>                    class folders, split here (seeded, stratified)
+  a `datasets` save_to_disk folder        rows of image and label, per split (arrow_datasets)
+  a .parquet file or a folder of them     the same, split by file name (arrow_datasets)
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ MANIFEST_SUFFIXES = (".jsonl", ".csv")
 LAYOUT_SPLIT_FOLDERS = "split folders"
 LAYOUT_CLASS_FOLDERS = "class folders"
 LAYOUT_MANIFEST = "manifest"
+LAYOUT_SAVED = "datasets save_to_disk folder"
+LAYOUT_PARQUET = "parquet"
 
 # How many unreadable files a problem report names one by one.
 _NAMED_UNREADABLE = 5
@@ -198,8 +202,10 @@ def load_dataset(
     test_fraction: float = 0.2,
     decode: bool = False,
     skip_unknown_classes: bool = False,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> Dataset:
-    """Read a dataset folder or manifest into train/val/test splits.
+    """Read a dataset folder, manifest, `save_to_disk` folder or Parquet data into splits.
 
     Class names are normalised through `taxonomy` (else the preset's, else guessed from the
     names). Without a val split, a stratified `val_fraction` of train is carved with `seed`;
@@ -208,24 +214,16 @@ def load_dataset(
     decoded, which also finds truncated files); unreadable images are skipped and named in
     `problems`, or raise `UserError` when `strict`. Unknown class names raise `UserError`
     unless `skip_unknown_classes`, which skips their images and records a problem instead.
+    Rows of `datasets` tables take their image and label from `image_column` and
+    `label_column`; their images are written once into the dataset's folder (see
+    `arrow_datasets`).
     """
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= fraction < 1.0:
             raise UserError(f"{name} must be at least 0 and below 1, got {fraction}; pass e.g. 0.1.")
     root = Path(source).expanduser().absolute()
     taxonomy_name = _taxonomy_name(taxonomy, preset)
-    if not root.exists():
-        raise UserError(
-            f"dataset {root} does not exist; pass a dataset folder or a .jsonl/.csv manifest."
-        )
-    if root.is_file():
-        if root.suffix.lower() not in MANIFEST_SUFFIXES:
-            raise UserError(
-                f"{root} is a file but not a .jsonl or .csv manifest; pass a dataset folder or a manifest."
-            )
-        entries, problems, layout = _read_manifest(root), [], LAYOUT_MANIFEST
-    else:
-        entries, problems, layout = _scan_folders(root)
+    entries, problems, layout = _read_entries(root, image_column, label_column)
     if not entries:
         problems.append(
             f"found no images in {root}; expected ROOT/<class>/<image>, "
@@ -332,6 +330,26 @@ def _guess_taxonomy(names: list[str]) -> Taxonomy:
 
 
 _Entry = tuple[Path, str, "str | None"]  # (image path, class name as written, split or None)
+
+
+def _read_entries(root: Path, image_column: str, label_column: str) -> tuple[list[_Entry], list[str], str]:
+    # Imported here: arrow_datasets builds on this module.
+    from emovlm_kd.data.arrow_datasets import is_saved_dataset, parquet_files, read_arrow_dataset
+
+    if not root.exists():
+        raise UserError(
+            f"dataset {root} does not exist; pass a dataset folder or a .jsonl, .csv or .parquet file."
+        )
+    if root.is_file() and root.suffix.lower() in MANIFEST_SUFFIXES:
+        return _read_manifest(root), [], LAYOUT_MANIFEST
+    if root.is_file() and root.suffix.lower() != ".parquet":
+        raise UserError(
+            f"{root} is a file but not a .jsonl or .csv manifest or a .parquet file; "
+            "pass one of those or a dataset folder."
+        )
+    if root.is_file() or is_saved_dataset(root) or parquet_files(root):
+        return read_arrow_dataset(root, image_column, label_column)
+    return _scan_folders(root)
 
 
 def _scan_folders(root: Path) -> tuple[list[_Entry], list[str], str]:
@@ -521,6 +539,11 @@ def _empty_split_message(root: Path, split: str, layout: str) -> str:
         return (
             f"the {split} split is empty: no usable row of {root.name} has split {split}; "
             f"add rows with split {split}, or drop the split column to split automatically."
+        )
+    if layout in (LAYOUT_SAVED, LAYOUT_PARQUET):
+        return (
+            f"the {split} split is empty: {root} has no usable rows in a {split} split; add one (a "
+            f"{split}-*.parquet file or a DatasetDict key), or name no splits at all to split automatically."
         )
     if layout == LAYOUT_CLASS_FOLDERS:
         return (

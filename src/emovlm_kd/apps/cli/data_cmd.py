@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from emovlm_kd.config import DataConfig
 from emovlm_kd.data.datasets import DATASET_PRESETS, SPLITS
 from emovlm_kd.errors import UserError
 from emovlm_kd.labels import TAXONOMIES
@@ -18,10 +19,12 @@ def register(subparsers: argparse._SubParsersAction, help_text: str) -> None:
 
     check_help = "count images per split and class, decode every image, and report problems (exit 1 if unusable)"
     check = commands.add_parser("check", help=check_help, description=check_help)
-    check.add_argument("root", metavar="ROOT", help="dataset folder or .jsonl/.csv manifest")
+    check.add_argument("root", metavar="ROOT", help="dataset folder, .jsonl/.csv manifest, `datasets` save_to_disk folder or .parquet file(s)")
     check.add_argument("--taxonomy", choices=sorted(TAXONOMIES), help="label set (default: the preset's, else guessed from the class names)")
     check.add_argument("--preset", choices=sorted(DATASET_PRESETS), help="a published dataset, which fixes the taxonomy")
     check.add_argument("--strict", action="store_true", help="treat any unreadable image as making the dataset unusable")
+    check.add_argument("--image-column", default=DataConfig.image_column, help="image column of a save_to_disk folder or Parquet file (default: %(default)s)")
+    check.add_argument("--label-column", default=DataConfig.label_column, help="label column (class names or ClassLabel ids) of such a table (default: %(default)s)")
     check.set_defaults(func=_check)
 
     sample_help = "build the small offline sample dataset (train/val/test folders and a manifest) in OUT"
@@ -40,7 +43,10 @@ def _check(args: argparse.Namespace) -> int:
     from emovlm_kd.data.check import check_dataset
 
     try:
-        report, exit_code = check_dataset(args.root, taxonomy=args.taxonomy, preset=args.preset, strict=args.strict)
+        report, exit_code = check_dataset(
+            args.root, taxonomy=args.taxonomy, preset=args.preset, strict=args.strict,
+            image_column=args.image_column, label_column=args.label_column,
+        )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
