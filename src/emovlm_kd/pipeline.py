@@ -69,10 +69,11 @@ class EmoVLMKD:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
-        """Load the tuned VLM, head and gate of a finished run."""
+        """Load the tuned VLM, head and gate of a finished run, or of an exported model: its
+        folder, or its Hugging Face Hub id (a name that is no folder here), downloaded first."""
         from emovlm_kd.stages.instruct import load_tuned_vlm
 
-        run = Run.open(run_dir)
+        run = Run.open(_run_folder(run_dir))
         for stage in ("instruct", "distill", "gate"):
             run.require(stage)
         taxonomy = run.taxonomy
@@ -142,6 +143,34 @@ class EmoVLMKD:
         for (path, _), prediction in zip(batch, predictions):
             prediction.image = path
         return predictions
+
+
+def is_hub_id(name: str) -> bool:
+    """True for a name the Hugging Face Hub could hold: `name` or `namespace/name`."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _run_folder(name: str | Path) -> Path:
+    """`name` as a folder; a hub id that is no folder here is downloaded (or found in the cache)."""
+    path = Path(name)
+    if path.exists() or not is_hub_id(str(name)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name)))
+    except OSError as error:  # offline, not found, private, no network: all OSErrors there
+        raise UserError(
+            f"{name} is no folder here, and downloading it from the Hugging Face Hub failed "
+            f"({type(error).__name__}); give a run folder, or the hub id of an exported model with the "
+            "network on (HF_HUB_OFFLINE unset) and, for a private one, `hf auth login` done."
+        ) from None
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:

@@ -20,6 +20,7 @@ COMMAND_GROUPS = [
     ("compare", "print a metrics file's accuracy beside the paper's numbers for its dataset"),
     ("ablate", "sweep head depth, alpha, temperature and gate variant on a run's cached features"),
     ("serve", "serve a trained run over HTTP: classify API, OpenAI-compatible chat, web page"),
+    ("export", "write a finished run as one folder to share (tuned VLM, head, gate, labels, config, model card)"),
     ("bench", "benchmark inference and stage 2+3 training against the reference pipeline"),
     ("presets", "list the model presets and the dataset presets"),
     ("demo", "build the sample dataset and run every stage on the offline presets"),
