@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from emovlm_kd.errors import UserError
+from emovlm_kd.tracking import check_tracker
 
 # The training stages in the order they run; each has a section below.
 STAGES = ("teacher", "instruct", "distill", "gate")
@@ -71,7 +72,6 @@ class InstructStageConfig:
     gradient_checkpointing: bool = False
     # auto: bf16 where the GPU supports it.
     bf16: str = "auto"
-    report_to: str = "none"
     # Annotations flagged by the checks (label leaked, section missing) are left out unless set.
     include_flagged: bool = False
     # Keep each training image's visual tokens in memory after its first pass and reuse them
@@ -119,6 +119,8 @@ class RunConfig:
     cache_dir: str | None = None
     # Images per forward pass when caching features and scoring.
     batch_size: int = 8
+    # Where every stage logs its losses and accuracies: none, tensorboard, wandb or mlflow.
+    report_to: str = "none"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
     instruct: InstructStageConfig = field(default_factory=InstructStageConfig)
@@ -216,4 +218,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             raise UserError(f"config file {path} must hold a mapping of settings at its top level.")
     for override in overrides:
         _apply_override(data, override)
-    return _build(RunConfig, data)
+    config = _build(RunConfig, data)
+    check_tracker(config.report_to)
+    return config

@@ -8,6 +8,7 @@ the teacher's logits on that same view.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -21,6 +22,7 @@ from emovlm_kd.run import Run
 from emovlm_kd.stages.features import teacher_logits, visual_features
 from emovlm_kd.stages.instruct import TunedVLM
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
+from emovlm_kd.tracking import EpochTracker
 
 log = logging.getLogger("emovlm_kd")
 
@@ -49,7 +51,8 @@ def distillation_set(run: Run, vlm: TunedVLM, teacher, processor) -> tuple[torch
     return features, targets, run.labels(train).repeat(len(views))
 
 
-def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config, seed: int):
+def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config, seed: int,
+               on_epoch=None):
     """Fit a DistillHead on cached tensors; returns the head and its per-epoch history."""
     head_config = HeadConfig(
         input_dim=features.shape[1], num_labels=teacher.shape[1], depth=config.depth, dropout=config.dropout
@@ -70,6 +73,7 @@ def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
             weight_decay=config.weight_decay,
             seed=seed,
             description="distill head",
+            on_epoch=on_epoch,
         )
     return head, history
 
@@ -85,7 +89,8 @@ def train_distill(run: Run) -> dict:
     if not distributed.is_main():
         distributed.barrier()
         return {}
-    head, history = train_head(*train_rows, config, run.config.seed)
+    tracker = EpochTracker(run.config.report_to, run.directory, "distill", dataclasses.asdict(config))
+    head, history = train_head(*train_rows, config, run.config.seed, on_epoch=tracker.log)
     with atomic_dir(run.stage_dir("distill")) as saving:
         head.save_pretrained(saving)
     metrics = {"parameters": sum(p.numel() for p in head.parameters()), "train_rows": len(train_rows[0]),
@@ -94,6 +99,7 @@ def train_distill(run: Run) -> dict:
         for split, values in features.items():
             metrics[f"{split}_accuracy"] = accuracy(head(values), run.labels(run.dataset.splits[split]))
     log.info("distill: head val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
+    tracker.finish(metrics)
     write_json(run.stage_dir("distill") / "metrics.json", metrics)
     distributed.barrier()
     return metrics

@@ -8,6 +8,7 @@ seen the images, and their in-sample confidence would teach the gate the wrong t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -22,6 +23,7 @@ from emovlm_kd.stages.distill import split_features
 from emovlm_kd.stages.features import vlm_scores
 from emovlm_kd.stages.instruct import TunedVLM
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
+from emovlm_kd.tracking import EpochTracker
 
 log = logging.getLogger("emovlm_kd")
 
@@ -39,7 +41,7 @@ def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tu
     return inputs
 
 
-def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int, seed: int):
+def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int, seed: int, on_epoch=None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant, keep_agreement=config.keep_agreement))
@@ -54,6 +56,7 @@ def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int
             weight_decay=config.weight_decay,
             seed=seed,
             description=f"gate ({config.variant})",
+            on_epoch=on_epoch,
         )
     return gate, history
 
@@ -73,7 +76,9 @@ def train_gate(run: Run) -> dict:
     if not distributed.is_main():
         distributed.barrier()
         return {}
-    gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed)
+    tracker = EpochTracker(run.config.report_to, run.directory, "gate", dataclasses.asdict(config))
+    gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed,
+                                      on_epoch=tracker.log)
     with atomic_dir(run.stage_dir("gate")) as saving:
         gate.save_pretrained(saving)
     metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
@@ -81,6 +86,7 @@ def train_gate(run: Run) -> dict:
         for split, (head_logits, vlm_logprobs) in inputs.items():
             metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_logprobs), run.labels(run.dataset.splits[split]))
     log.info("gate: val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
+    tracker.finish(metrics)
     write_json(run.stage_dir("gate") / "metrics.json", metrics)
     distributed.barrier()
     return metrics

@@ -28,6 +28,7 @@ from emovlm_kd.prompts import (
 )
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.hf_trainer import training_arguments
+from emovlm_kd.tracking import trainer_tracking
 
 log = logging.getLogger("emovlm_kd")
 METHODS = ("auto", "qlora", "lora", "full")
@@ -201,6 +202,7 @@ def train_instruct(run: Run) -> dict:
         return keep_answer_logits(inputs)
 
     stage_dir = run.stage_dir("instruct")
+    report_to, callbacks = trainer_tracking(run.config.report_to, run.directory, "instruct")
     args = training_arguments(
         stage_dir / "trainer",
         seed=run.config.seed,
@@ -213,10 +215,10 @@ def train_instruct(run: Run) -> dict:
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,
         max_grad_norm=config.max_grad_norm,
-        report_to=config.report_to,
+        report_to=report_to,
     )
     log.info("instruct: %s on %d examples (%s), %d trainable parameters", method, len(examples), summary, trainable)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=callbacks)
     trainer.train()
     model.eval()
     if distributed.is_main():

@@ -19,6 +19,7 @@ from emovlm_kd.models.teacher import (
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.features import teacher_logits
 from emovlm_kd.stages.hf_trainer import training_arguments
+from emovlm_kd.tracking import trainer_tracking
 from emovlm_kd.stages.tensor_training import accuracy
 
 log = logging.getLogger("emovlm_kd")
@@ -41,6 +42,7 @@ def train_teacher(run: Run) -> dict:
         return {"pixel_values": pixels, "labels": run.labels(batch)}
 
     stage_dir = run.stage_dir("teacher")
+    report_to, callbacks = trainer_tracking(run.config.report_to, run.directory, "teacher")
     args = training_arguments(
         stage_dir / "trainer",
         seed=run.config.seed,
@@ -48,10 +50,12 @@ def train_teacher(run: Run) -> dict:
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr,
         lr_scheduler_type="constant",
+        report_to=report_to,
     )
     # Adam with L2 weight decay, as in the paper (the Trainer's default would be AdamW).
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, optimizers=(optimizer, None))
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, optimizers=(optimizer, None),
+                      callbacks=callbacks)
     log.info("teacher: fine-tuning %s on %d images for %s epochs", name, len(train), config.epochs)
     trainer.train()
     model.eval()

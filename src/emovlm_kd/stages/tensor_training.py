@@ -24,10 +24,12 @@ def fit_on_tensors(
     weight_decay: float,
     seed: int,
     description: str,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Adam on shuffled mini-batches; `loss_fn(outputs, batch_index)` gives the loss.
 
-    Returns one record per epoch with the mean training loss and accuracy.
+    Returns one record per epoch with the mean training loss and accuracy, each also handed
+    to `on_epoch` as it is made (a tracker, say).
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
@@ -48,5 +50,7 @@ def fit_on_tensors(
         history.append(
             {"epoch": epoch + 1, "loss": total_loss / len(labels), "train_accuracy": correct / len(labels)}
         )
+        if on_epoch is not None:
+            on_epoch(history[-1])
     module.eval()
     return history
