@@ -22,8 +22,11 @@ from emovlm_kd.stages.gate import train_gate_module
 from emovlm_kd.stages.tensor_training import accuracy
 
 FOLDS = 6
-# (lr, epochs); (0, 0) is the untrained gate, the product of the two experts.
-SETTINGS = [(0.0, 0)] + list(itertools.product([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], [10, 30, 100]))
+# (variant, lr, epochs, weight decay toward the start); epochs 0 is the untrained gate, the
+# product of the two experts.
+SETTINGS = [("concat_linear", 0.0, 0, 0.0)] + list(
+    itertools.product(["concat_linear", "dynamic"], [1e-3, 1e-2, 3e-2], [10, 30, 100], [1e-4, 1e-2, 1e-1, 1.0])
+)
 
 
 def face_folds(run: Run) -> torch.Tensor:
@@ -45,8 +48,8 @@ def main(run_dir: str) -> None:
     folds = face_folds(run)
     print(f"val: {len(val.labels)} images, {FOLDS} folds grouped by face; head alone "
           f"{accuracy(head_logits, val.labels):.3f}")
-    for lr, epochs in SETTINGS:
-        config = dataclasses.replace(run.config.gate, lr=lr, epochs=epochs)
+    for variant, lr, epochs, decay in SETTINGS:
+        config = dataclasses.replace(run.config.gate, variant=variant, lr=lr, epochs=epochs, weight_decay=decay)
         correct = 0
         for fold in range(FOLDS):
             fit, held = folds != fold, folds == fold
@@ -55,8 +58,8 @@ def main(run_dir: str) -> None:
             with torch.no_grad():
                 fused = gate(head_logits[held], val.vlm_logprobs[held])
             correct += int((fused.argmax(-1) == val.labels[held]).sum())
-        print(f"lr {lr:g} epochs {epochs:3d}: grouped cross-validated accuracy {correct / len(val.labels):.3f}",
-              flush=True)
+        print(f"{variant:13s} lr {lr:<6g} epochs {epochs:3d} weight_decay {decay:<6g}: grouped cross-validated "
+              f"accuracy {correct / len(val.labels):.3f}", flush=True)
 
 
 if __name__ == "__main__":

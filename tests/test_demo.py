@@ -9,7 +9,7 @@ from emovlm_kd.apps.cli import main
 def test_demo_trains_every_stage_and_the_fusion_works(tmp_path, capsys):
     out = tmp_path / "runs" / "demo"
     code = main(["demo", "--out", str(out), "teacher.epochs=2", "instruct.epochs=1", "distill.views=2",
-                 "distill.epochs=20", "gate.epochs=10"])
+                 "distill.epochs=20"])
     stdout, stderr = capsys.readouterr()
     assert code == 0 and "Traceback" not in stderr
     assert "sample dataset: 432 images" in stdout

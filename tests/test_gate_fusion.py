@@ -109,3 +109,15 @@ def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
         total += int(agree.sum())
         kept += int((fused.argmax(-1) == head.argmax(-1))[agree].sum())
     assert kept >= 0.99 * total
+
+
+def test_agreement_is_counted_for_the_report():
+    from emovlm_kd.evaluation import agreement_kept
+
+    head = torch.tensor([[0.9, 0.1], [0.85, 0.15], [0.6, 0.4], [0.1, 0.9]])
+    vlm = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.9, 0.1], [0.8, 0.2]])
+    fused = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1], [0.5, 0.5]])
+    # Rows 0 and 1 are sure and agree; the fused model keeps row 0 only. Row 2: head unsure;
+    # row 3: they disagree.
+    counts = agreement_kept({"head": head, "vlm": vlm, "emovlm_kd": fused}, 0.8)
+    assert counts == {"confidence": 0.8, "agreeing": 2, "kept": 1}

@@ -100,6 +100,7 @@ class DistillStageConfig:
 class GateStageConfig:
     variant: str = "concat_linear"
     lr: float = 1e-4
+    # L2 toward the gate's start (the product of experts), not toward zero.
     weight_decay: float = 1e-4
     epochs: int = 10
     batch_size: int = 32

@@ -115,7 +115,22 @@ def summarize(scores: Scores, run: Run, own_data: bool = True) -> dict:
         )
         for first, second in PAIRS
     }
+    result["agreement"] = agreement_kept(scores.probs, run.config.gate.keep_agreement or AGREEMENT_CONFIDENCE)
     return result
+
+
+# The confidence at which two agreeing experts count as sure (gate.keep_agreement's default).
+AGREEMENT_CONFIDENCE = 0.8
+
+
+def agreement_kept(probs: dict[str, torch.Tensor], confidence: float) -> dict:
+    """Images where head and VLM name the same label with >= `confidence` each, and how many
+    of them the fused model labels the same way."""
+    head, vlm, fused = probs["head"], probs["vlm"], probs["emovlm_kd"]
+    (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
+    sure = (head_label == vlm_label) & (head_top >= confidence) & (vlm_top >= confidence)
+    kept = sure & (fused.argmax(-1) == head_label)
+    return {"confidence": confidence, "agreeing": int(sure.sum()), "kept": int(kept.sum())}
 
 
 def evaluate_run(run: Run, split: str = "test") -> dict:
@@ -178,6 +193,12 @@ def format_table(metrics: dict) -> str:
         lines.append(
             f"EmoVLM-KD minus {MODEL_TITLES[other]}: {100 * paired['difference']:+.1f} points accuracy "
             f"(paired 95% interval {100 * low:+.1f} to {100 * high:+.1f})"
+        )
+    if "agreement" in metrics:
+        agreement = metrics["agreement"]
+        lines.append(
+            f"head and VLM agree with confidence >= {agreement['confidence']:g} on {agreement['agreeing']} images; "
+            f"the fused label is theirs on {agreement['kept']}"
         )
     return "\n".join(lines)
 

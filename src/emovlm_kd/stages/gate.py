@@ -42,18 +42,29 @@ def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tu
 
 
 def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int, seed: int, on_epoch=None):
+    """A gate fitted by Adam on (head logits, VLM log-probabilities) -> labels.
+
+    Its L2 penalty (`weight_decay`) pulls the weights toward where they started, the product
+    of the two experts, not toward zero: zero weights would be a gate that ignores both.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant, keep_agreement=config.keep_agreement))
+        start = [parameter.detach().clone() for parameter in gate.parameters()]
+
+        def loss(logits, index):
+            pull = sum(((parameter - origin) ** 2).sum() for parameter, origin in zip(gate.parameters(), start))
+            return F.cross_entropy(logits, labels[index]) + config.weight_decay / 2 * pull
+
         history = fit_on_tensors(
             gate,
             (head_logits, vlm_logprobs),
             labels,
-            lambda logits, index: F.cross_entropy(logits, labels[index]),
+            loss,
             epochs=config.epochs,
             batch_size=config.batch_size,
             lr=config.lr,
-            weight_decay=config.weight_decay,
+            weight_decay=0.0,
             seed=seed,
             description=f"gate ({config.variant})",
             on_epoch=on_epoch,
