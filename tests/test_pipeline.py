@@ -46,7 +46,7 @@ def test_run_folder_holds_every_artifact_unpickled(trained):
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == metrics and metrics["images"] == 18
     assert_metrics_recount(metrics)
-    assert metrics["teacher"]["accuracy"] == teacher["test_accuracy"]
+    assert metrics["teacher"]["accuracy"] == pytest.approx(teacher["test_accuracy"])
 
 
 def test_finished_stages_are_not_redone(trained, monkeypatch):
