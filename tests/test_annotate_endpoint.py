@@ -222,3 +222,30 @@ def test_the_local_backend_annotates_with_the_tiny_vlm(small_manifest, tmp_path,
     assert all("missing key_elements" in r["flags"] for r in records)
     with pytest.raises(UserError, match="unknown offline model"):
         annotate_dataset(AnnotateConfig(out=str(tmp_path / "x.jsonl"), model="offline:nope", **local))
+
+
+def test_a_parquet_dataset_with_its_own_column_names_is_annotated(sample_root, tmp_path, monkeypatch, capsys):
+    import datasets
+
+    rows = [json.loads(line) for line in (sample_root / "manifest.jsonl").read_text().splitlines()]
+    chosen = [row for row in rows if row["split"] == "train"][:6]
+    table = datasets.Dataset.from_dict(
+        {"picture": [{"bytes": (sample_root / row["image"]).read_bytes(), "path": None} for row in chosen],
+         "emotion": [row["label"] for row in chosen]},
+        features=datasets.Features({"picture": datasets.Image(), "emotion": datasets.Value("string")}),
+    )
+    (tmp_path / "data").mkdir()
+    table.to_parquet(tmp_path / "data" / "train-00000-of-00001.parquet")  # as on the Hub: the train split
+    out = tmp_path / "annotations.jsonl"
+    with FakeChatServer() as server:
+        code, stdout, stderr = run_cli(cli_args(tmp_path / "data", out, server, "--image-column", "picture",
+                                                "--label-column", "emotion"), monkeypatch, capsys)
+    assert code == 0, stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    from emovlm_kd.data.datasets import load_dataset
+
+    # Every image of the train split (val is carved from it, as for folders), once.
+    train = load_dataset(tmp_path / "data", image_column="picture", label_column="emotion").split("train")
+    assert len(records) == len(train) == 5
+    assert sorted(record["label"] for record in records) == sorted(sample.label for sample in train)
+    assert all(record["key_elements"] and record["reasoning"] and not record["flags"] for record in records)

@@ -22,7 +22,7 @@ class AnnotateConfig:
     """
 
     data: str | None = _setting(
-        None, "dataset folder or .jsonl/.csv manifest; its train split is annotated", metavar="ROOT",
+        None, "dataset folder, .jsonl/.csv manifest, `datasets` folder or Parquet; its train split is annotated", metavar="ROOT",
     )
     out: str | None = _setting(None, "JSONL file of records; appended to, and resumed when it exists", metavar="FILE")
     model: str | None = _setting(
@@ -38,6 +38,8 @@ class AnnotateConfig:
         None, "environment variable holding the API key (default: OPENAI_API_KEY if set, else no key)", metavar="VAR",
     )
     taxonomy: str | None = _setting(None, "label set (default: guessed from the class names)", metavar="NAME")
+    image_column: str = _setting("image", "image column of a `datasets` folder or Parquet data", metavar="NAME")
+    label_column: str = _setting("label", "label column of a `datasets` folder or Parquet data", metavar="NAME")
     concurrency: int = _setting(4, "requests in flight at once (the local backend runs one at a time)", metavar="N")
     limit: int | None = _setting(None, "annotate only the first N training images (in path order)", metavar="N")
     max_tokens: int = _setting(512, "longest answer, in tokens", metavar="N")

@@ -108,7 +108,8 @@ def annotate_dataset(config: AnnotateConfig, backend=None) -> AnnotateReport:
     config.validate()
     # First, so that a missing key or an unknown model is said before the dataset is scanned.
     backend = backend or make_backend(config)
-    dataset = load_dataset(config.data, taxonomy=config.taxonomy)
+    dataset = load_dataset(config.data, taxonomy=config.taxonomy, image_column=config.image_column,
+                           label_column=config.label_column)
     if dataset.unreadable:
         log.warning(
             "annotate: skipping %d unreadable image(s); `emovlm-kd data check` names them", len(dataset.unreadable)
