@@ -68,10 +68,6 @@ def read_shard(path: Path) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def module_fingerprint(module: torch.nn.Module, **settings) -> str:
-    return fingerprint(dict(module.state_dict()), **settings)
-
-
 def file_fingerprint(*paths: Path, **settings) -> str:
     digest = hashlib.sha256()
     for path in paths:

@@ -46,7 +46,7 @@ def resolve_method(method: str, preset_method: str) -> str:
     if method not in METHODS:
         raise UserError(f"unknown instruct.method {method!r}; choose one of: {', '.join(METHODS)}.")
     if method == "auto":
-        method = preset_method if preset_method != "auto" else "auto"
+        method = preset_method
     if method == "auto":
         has_bnb = importlib.util.find_spec("bitsandbytes") is not None
         method = "qlora" if torch.cuda.is_available() and has_bnb else "lora"

@@ -474,14 +474,8 @@ class VLMAdapter(ABC):
                         "load the model with attn_implementation='sdpa'.")
 
     @torch.no_grad()
-    def generate(
-        self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 48, visual: VisualTokens | None = None
-    ) -> list[str]:
-        """Greedy (deterministic) answers to the prompts of `inputs`.
-
-        `visual` is accepted for symmetry with `answer_logprobs`; generation encodes the
-        images itself (its first step needs them alongside the prompt).
-        """
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 48) -> list[str]:
+        """Greedy (deterministic) answers to the prompts of `inputs`."""
         inputs = self.to_device(inputs)
         output = self.model.generate(
             **inputs,
