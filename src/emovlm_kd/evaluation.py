@@ -17,7 +17,7 @@ from emovlm_kd.data.datasets import SPLITS, Sample, get_dataset_preset
 from emovlm_kd.errors import UserError
 from emovlm_kd.labels import TAXONOMIES
 from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals, classification_report, complementarity, paired_bootstrap
-from emovlm_kd.models.gate import Gate
+from emovlm_kd.models.gate import KEEP_AGREEMENT, Gate, sure_agreement
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
 from emovlm_kd.stages.features import teacher_logits
@@ -115,21 +115,16 @@ def summarize(scores: Scores, run: Run, own_data: bool = True) -> dict:
         )
         for first, second in PAIRS
     }
-    result["agreement"] = agreement_kept(scores.probs, run.config.gate.keep_agreement or AGREEMENT_CONFIDENCE)
+    result["agreement"] = agreement_kept(scores.probs, run.config.gate.keep_agreement or KEEP_AGREEMENT)
     return result
-
-
-# The confidence at which two agreeing experts count as sure (gate.keep_agreement's default).
-AGREEMENT_CONFIDENCE = 0.8
 
 
 def agreement_kept(probs: dict[str, torch.Tensor], confidence: float) -> dict:
     """Images where head and VLM name the same label with >= `confidence` each, and how many
     of them the fused model labels the same way."""
-    head, vlm, fused = probs["head"], probs["vlm"], probs["emovlm_kd"]
-    (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
-    sure = (head_label == vlm_label) & (head_top >= confidence) & (vlm_top >= confidence)
-    kept = sure & (fused.argmax(-1) == head_label)
+    head_label = probs["head"].argmax(-1)
+    sure = sure_agreement(probs["head"].log(), probs["vlm"].log(), confidence)
+    kept = sure & (probs["emovlm_kd"].argmax(-1) == head_label)
     return {"confidence": confidence, "agreeing": int(sure.sum()), "kept": int(kept.sum())}
 
 

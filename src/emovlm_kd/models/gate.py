@@ -26,6 +26,15 @@ from torch import nn
 from emovlm_kd.models.saving import SavableModule
 
 GATE_VARIANTS = ("concat_linear", "bilinear", "mixture", "dynamic", "cross")
+# How sure both experts must be of one label for the gate to keep it (GateConfig.keep_agreement).
+KEEP_AGREEMENT = 0.8
+
+
+def sure_agreement(head: torch.Tensor, vlm: torch.Tensor, confidence: float) -> torch.Tensor:
+    """[B] True where two log-probability rows [B, K] put >= `confidence` on the same label."""
+    floor = math.log(confidence)
+    (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
+    return (head_label == vlm_label) & (head_top >= floor) & (vlm_top >= floor)
 
 
 @dataclass
@@ -34,7 +43,7 @@ class GateConfig:
     variant: str = "concat_linear"
     num_experts: int = 3
     # Both experts at least this sure of one label: the fused output is their product. None: off.
-    keep_agreement: float | None = 0.8
+    keep_agreement: float | None = KEEP_AGREEMENT
 
     def __post_init__(self):
         if self.variant not in GATE_VARIANTS:
@@ -88,9 +97,7 @@ class Gate(SavableModule):
         fused = self.fuse_variant(head, vlm)
         if self.config.keep_agreement is None:
             return fused
-        floor = math.log(self.config.keep_agreement)
-        (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
-        agree = (head_label == vlm_label) & (head_top >= floor) & (vlm_top >= floor)  # [B]
+        agree = sure_agreement(head, vlm, self.config.keep_agreement)  # [B]
         return torch.where(agree[:, None], head + vlm, fused)
 
     def fuse_variant(self, head: torch.Tensor, vlm: torch.Tensor) -> torch.Tensor:
