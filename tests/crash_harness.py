@@ -23,7 +23,7 @@ import sys
 
 from emovlm_kd import cache
 from emovlm_kd import run as run_module
-from emovlm_kd import train as train_module
+from emovlm_kd.stages.registry import Stage
 from emovlm_kd.apps import cli
 
 # Small shards, so a kill while filling a cache leaves some finished and some not.
@@ -52,10 +52,10 @@ def run_killable(request: dict, log) -> int:
                 mark(f"kill {kind} {state['events']} in {state['stage']}")
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    real_stage = train_module._stage_function
+    real_stage = Stage.train_function
 
-    def stage_function(stage):
-        function = real_stage(stage)
+    def stage_function(entry):
+        stage, function = entry.name, real_stage(entry)
 
         def wrapped(run):
             state["stage"] = stage
@@ -69,7 +69,7 @@ def run_killable(request: dict, log) -> int:
 
         return wrapped
 
-    train_module._stage_function = stage_function
+    Stage.train_function = stage_function
 
     real_load = run_module.load_image
 

@@ -106,7 +106,7 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
     import logging
 
     from emovlm_kd.run import Run
-    from emovlm_kd.stages.gate import train_gate
+    from emovlm_kd.stages import gate
 
     run_dir, config, _ = trained
     copy = tmp_path / "run"
@@ -115,6 +115,6 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
     shutil.copytree(run_dir, copy)
     run = Run(dataclasses.replace(config, gate=dataclasses.replace(config.gate, split="train")), copy)
     with caplog.at_level(logging.WARNING, logger="emovlm_kd"):
-        metrics = train_gate(run)
+        metrics = gate.train(run)
     assert metrics["trained_on"] == "train"
     assert any("in-sample" in record.message for record in caplog.records)

@@ -76,7 +76,7 @@ def test_check_reports_everything_wrong_with_a_broken_tree(run, tmp_path):
 def test_check_shows_progress_on_stderr_for_many_images(run, tmp_path, monkeypatch):
     from emovlm_kd.data import datasets
 
-    monkeypatch.setattr(datasets, "_PROGRESS_FROM", 3)
+    monkeypatch.setattr(datasets, "PROGRESS_FROM", 3)
     write_images(tmp_path / "train" / "awe", 3)
     write_images(tmp_path / "test" / "awe", 1)
     code, out, err = run("data", "check", tmp_path)

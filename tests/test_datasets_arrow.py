@@ -13,7 +13,7 @@ from emovlm_kd.data import load_dataset
 from emovlm_kd.data.arrow_datasets import IMAGES_FOLDER
 from emovlm_kd.errors import UserError
 
-from conftest import fast_config, subset_manifest
+from fast_runs import fast_config, subset_manifest, train_and_evaluate
 
 NAMES = ["sad", "Content", "Amusement"]
 
@@ -226,7 +226,6 @@ def test_data_check_reads_parquet_with_column_flags(tmp_path, capsys):
 
 
 def test_a_run_trains_from_a_parquet_dataset(sample_root, tmp_path):
-    from emovlm_kd.train import train
 
     manifest = subset_manifest(sample_root, "parquet.jsonl", {"train": 3, "val": 1, "test": 1})
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -244,7 +243,7 @@ def test_a_run_trains_from_a_parquet_dataset(sample_root, tmp_path):
         )
 
     config = fast_config(parquet, tmp_path / "cache", "data.image_column=picture", "data.label_column=emotion")
-    run, metrics = train(config, tmp_path / "run")
+    run, metrics = train_and_evaluate(config, tmp_path / "run")
 
     assert run.dataset.layout == "parquet"
     assert {split: len(run.dataset.split(split)) for split in ("train", "val", "test")} == {"train": 18, "val": 6, "test": 6}

@@ -25,13 +25,13 @@ def test_views_are_cached_apart_and_seen_alike_by_both_models(trained):
     from emovlm_kd.models.teacher import load_teacher
     from emovlm_kd.run import Run
     from emovlm_kd.stages.distill import distillation_set
-    from emovlm_kd.stages.features import teacher_logits, view_images, view_keys, visual_features
-    from emovlm_kd.stages.instruct import TunedVLM
+    from emovlm_kd.stages.caches import teacher_logits, view_images, view_keys, visual_features
+    from emovlm_kd.models.tuned import TunedVLM
 
     run = Run.open(trained[0])
     assert run.config.distill.views == 1
     train = run.dataset.split("train")
-    vlm = TunedVLM(run)
+    vlm = TunedVLM(run.load_tuned_vlm)
     plain, view = visual_features(run, vlm, train, 0), visual_features(run, vlm, train, 1)
     assert plain.shape == view.shape and not torch.allclose(plain, view)
     assert vlm._adapter is None  # both read from the cache the distill stage filled

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_metrics_recount, fast_config
+from fast_runs import assert_metrics_recount, fast_config
 from safetensors.torch import load_file
 
 

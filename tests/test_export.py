@@ -10,7 +10,7 @@ from emovlm_kd import EmoVLMKD
 from emovlm_kd.apps.cli import main
 from emovlm_kd.errors import UserError
 from emovlm_kd.evaluation import MODELS
-from emovlm_kd.export import export_run, shareable_config
+from emovlm_kd.apps.export import export_run, shareable_config
 from emovlm_kd.io import read_json, write_json
 from emovlm_kd.run import Run
 
@@ -145,7 +145,6 @@ def test_a_lora_run_exports_its_adapter_or_merged_weights(lora_run, images, tmp_
 
 
 def test_a_qlora_run_is_exported_for_four_bit_loading_and_never_merged(lora_run, tmp_path, capsys):
-    from emovlm_kd.stages.instruct import tuned_loading
 
     qlora = tmp_path / "qlora"
     shutil.copytree(lora_run, qlora)
@@ -154,7 +153,7 @@ def test_a_qlora_run_is_exported_for_four_bit_loading_and_never_merged(lora_run,
     assert code == 1 and not (tmp_path / "merged").exists()
     assert_one_sentence(err, "QLoRA", "without --merge")
     code, _, _ = cli(capsys, "export", "--run", qlora, "--out", tmp_path / "out")
-    assert code == 0 and tuned_loading(Run.open(tmp_path / "out")) == {"quantize_4bit": True, "merge": False}
+    assert code == 0 and Run.open(tmp_path / "out").tuned_loading() == {"quantize_4bit": True, "merge": False}
     adapter = "instruct/adapter/adapter_model.safetensors"
     assert (tmp_path / "out" / adapter).read_bytes() == (qlora / adapter).read_bytes()
     assert "bitsandbytes" in (tmp_path / "out" / "README.md").read_text()
@@ -193,7 +192,7 @@ def test_a_local_base_model_needs_its_hub_id(trained, tmp_path):
 
 
 def test_an_interrupted_export_leaves_nothing(trained, tmp_path, monkeypatch):
-    import emovlm_kd.export as export
+    import emovlm_kd.apps.export as export
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing the card")

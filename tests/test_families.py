@@ -7,7 +7,7 @@ The paper's family (Qwen2-VL) reuses the session's trained run rather than train
 
 import pytest
 import torch
-from conftest import assert_metrics_recount, fast_config
+from fast_runs import assert_metrics_recount, fast_config, train_and_evaluate
 
 from emovlm_kd.models.registry import load_vlm, offline_preset_for
 from emovlm_kd.models.vlm import ADAPTERS
@@ -33,7 +33,6 @@ def vit_teacher(tmp_path_factory):
 def test_every_stage_and_prediction_on_each_family(family, request, tmp_path):
     from emovlm_kd import EmoVLMKD
     from emovlm_kd.run import Run
-    from emovlm_kd.train import train
 
     preset = offline_preset_for(family)
     if preset.name == "tiny":
@@ -43,7 +42,7 @@ def test_every_stage_and_prediction_on_each_family(family, request, tmp_path):
         run_dir = tmp_path / "run"
         config = fast_config(small_manifest, tmp_path / "cache", f"preset={preset.name}",
                              f"teacher.model={vit_teacher}", "distill.epochs=1", "gate.epochs=1")
-        _, metrics = train(config, run_dir)
+        _, metrics = train_and_evaluate(config, run_dir)
     assert Run.open(run_dir).preset.family == family
     assert_metrics_recount(metrics)
 

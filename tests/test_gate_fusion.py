@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emovlm_kd.models.gate import GATE_VARIANTS, Gate, GateConfig
+from emovlm_kd.models.configs import GATE_VARIANTS, GateConfig
+from emovlm_kd.models.gate import Gate
 
 K = 6
 

@@ -132,7 +132,6 @@ def test_a_qlora_run_is_scored_in_four_bits_with_its_adapter_unmerged(tmp_path):
     from emovlm_kd.config import RunConfig
     from emovlm_kd.io import write_json
     from emovlm_kd.run import Run
-    from emovlm_kd.stages.instruct import tuned_loading
 
     run = Run(RunConfig(preset="tiny"), tmp_path)
     expected = {"qlora": {"quantize_4bit": True, "merge": False},
@@ -140,7 +139,7 @@ def test_a_qlora_run_is_scored_in_four_bits_with_its_adapter_unmerged(tmp_path):
                 "full": {"quantize_4bit": False, "merge": True}}
     for method, loading in expected.items():
         write_json(run.stage_dir("instruct") / "metrics.json", {"method": method})
-        assert tuned_loading(run) == loading
+        assert run.tuned_loading() == loading
 
 
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from emovlm_kd.errors import UserError
 from emovlm_kd.losses import distillation_loss
-from emovlm_kd.models.gate import GATE_VARIANTS, Gate, GateConfig
-from emovlm_kd.models.head import DistillHead, HeadConfig
+from emovlm_kd.models.configs import GATE_VARIANTS, GateConfig, HeadConfig
+from emovlm_kd.models.gate import Gate
+from emovlm_kd.models.head import DistillHead
 from emovlm_kd.models.registry import (
     PRESETS,
     get_preset,
@@ -165,8 +166,8 @@ def test_distillation_loss_matches_its_formula():
     kl = (p_teacher * (p_teacher.log() - (student / t).log_softmax(-1))).sum(-1).mean()
     expected = alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student, labels)
     assert torch.allclose(distillation_loss(student, teacher, labels, alpha, t), expected, atol=1e-6)
-    assert torch.allclose(distillation_loss(student, teacher, labels, alpha=0.0), F.cross_entropy(student, labels))
-    assert distillation_loss(teacher, teacher, labels, alpha=1.0).abs() < 1e-6
+    assert torch.allclose(distillation_loss(student, teacher, labels, alpha=0.0, temperature=t), F.cross_entropy(student, labels))
+    assert distillation_loss(teacher, teacher, labels, alpha=1.0, temperature=t).abs() < 1e-6
 
 
 @pytest.mark.parametrize("depth, widths", [(1, [1024]), (2, [1024, 512]), (5, [1024, 512, 256, 128, 64])])

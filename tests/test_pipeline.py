@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import assert_metrics_recount, fast_config
+from fast_runs import assert_metrics_recount, fast_config, train_and_evaluate
 from PIL import Image
 
 from emovlm_kd.apps.cli import main
 from emovlm_kd.config import load_config
 from emovlm_kd.errors import UserError
-from emovlm_kd.train import train
+from emovlm_kd.stages.registry import Stage
+from emovlm_kd.stages.runner import train
 
 
 def cli(capsys, *argv):
@@ -51,32 +52,29 @@ def test_run_folder_holds_every_artifact_unpickled(trained):
 
 def test_finished_stages_are_not_redone(trained, monkeypatch):
     run_dir, config, metrics = trained
-    import emovlm_kd.train as train_module
-
-    monkeypatch.setattr(train_module, "_stage_function", lambda stage: pytest.fail(f"{stage} was redone"))
-    _, again = train(config, run_dir)
+    monkeypatch.setattr(Stage, "train_function", lambda stage: pytest.fail(f"{stage.name} was redone"))
+    _, again = train_and_evaluate(config, run_dir)
     assert again == metrics
 
 
 def test_an_interrupted_stage_is_redone_alone(trained, monkeypatch):
     run_dir, config, metrics = trained
-    import emovlm_kd.stages.gate as gate_stage
-    import emovlm_kd.train as train_module
+    import emovlm_kd.stages.registry as registry
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing metrics")
 
     # The gate's weights are written, then the process dies before its metrics.json.
-    monkeypatch.setattr(gate_stage, "write_json", crash)
+    monkeypatch.setattr(registry, "write_json", crash)
     with pytest.raises(RuntimeError):
         train(config, run_dir, stages=("gate",), force=True)
     assert not (run_dir / "gate" / "metrics.json").exists()
     monkeypatch.undo()
 
     ran = []
-    real = train_module._stage_function
-    monkeypatch.setattr(train_module, "_stage_function", lambda stage: ran.append(stage) or real(stage))
-    _, again = train(config, run_dir)
+    real = Stage.train_function
+    monkeypatch.setattr(Stage, "train_function", lambda stage: ran.append(stage.name) or real(stage))
+    _, again = train_and_evaluate(config, run_dir)
     assert ran == ["gate"]
     assert again == metrics  # same data, seed and config: the same numbers
 
@@ -185,8 +183,7 @@ def test_a_run_predicts_without_its_training_data(trained, sample_root, tmp_path
 def test_cached_paths_never_load_the_vlm(trained, monkeypatch):
     """With every feature cached, the gate inputs (evaluation, ablations) need no VLM."""
     from emovlm_kd.run import Run
-    from emovlm_kd.stages import instruct
-    from emovlm_kd.stages.features import VISUAL_FINGERPRINT_FILE
+    from emovlm_kd.stages.caches import VISUAL_FINGERPRINT_FILE
     from emovlm_kd.stages.gate import gate_inputs
 
     run = Run.open(trained[0])
@@ -197,7 +194,7 @@ def test_cached_paths_never_load_the_vlm(trained, monkeypatch):
     def refuse(run):
         raise AssertionError("the VLM was loaded")
 
-    monkeypatch.setattr(instruct, "load_tuned_vlm", refuse)
+    monkeypatch.setattr(Run, "load_tuned_vlm", refuse)
     again = gate_inputs(run, ("test",))["test"]
     assert all(torch.equal(a, b) for a, b in zip(again, expected))
 
@@ -213,14 +210,13 @@ def test_evaluate_cli(trained, capsys, tmp_path):
 
 def test_lora_instruct_stage_saves_an_adapter(small_manifest, tmp_path):
     from emovlm_kd.run import Run
-    from emovlm_kd.stages.instruct import load_tuned_vlm
 
     config = fast_config(small_manifest, tmp_path / "cache", "instruct.method=lora", "instruct.lr=1e-2")
-    run, _ = train(config, tmp_path / "run", stages=("instruct",))
+    run = train(config, tmp_path / "run", stages=("instruct",))
     adapter_dir = tmp_path / "run" / "instruct" / "adapter"
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "instruct" / "metrics.json").read_text())["method"] == "lora"
-    tuned = load_tuned_vlm(Run.open(tmp_path / "run"))
+    tuned = Run.open(tmp_path / "run").load_tuned_vlm()
     base = run.preset
     from emovlm_kd.models.registry import load_vlm
 
@@ -263,7 +259,7 @@ def test_another_head_reuses_every_cached_feature(trained, tmp_path, monkeypatch
             pytest.fail(f"{len(rows)} rows recomputed")
 
     monkeypatch.setattr(TensorCache, "add", add)
-    _, metrics = train(config, copy, stages=("distill",), force=True)
+    _, metrics = train_and_evaluate(config, copy, stages=("distill",), force=True)
     head_config = json.loads((copy / "distill" / "config.json").read_text())
     assert head_config["depth"] == 2
     assert json.loads((copy / "gate" / "metrics.json").read_text())  # the gate was retrained on the new head

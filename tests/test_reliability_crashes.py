@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fast_config, subset_manifest
+from fast_runs import fast_config, subset_manifest, train_and_evaluate
 from reliability import tally
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -28,7 +28,7 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.images import file_sha256
 from emovlm_kd.io import atomic_dir, remove_stale_temporaries
 from emovlm_kd.run import Run
-from emovlm_kd.train import train
+from emovlm_kd.stages.registry import Stage
 
 pytestmark = pytest.mark.reliability
 
@@ -318,11 +318,9 @@ def test_truncated_weights_are_retrained_on_the_next_run(trained, tmp_path, monk
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     truncate(copy / "gate" / "model.safetensors")
-    import emovlm_kd.train as train_module
-
     ran = []
-    real = train_module._stage_function
-    monkeypatch.setattr(train_module, "_stage_function", lambda stage: ran.append(stage) or real(stage))
-    _, again = train(config, copy)
+    real = Stage.train_function
+    monkeypatch.setattr(Stage, "train_function", lambda stage: ran.append(stage.name) or real(stage))
+    _, again = train_and_evaluate(config, copy)
     assert ran == ["gate"] and again == metrics
     tally["resumptions"] += 1

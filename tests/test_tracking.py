@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import fast_config, subset_manifest
+from fast_runs import fast_config, subset_manifest
 
 from emovlm_kd.errors import UserError
 
@@ -22,11 +22,11 @@ def scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_every_stage_writes_tensorboard_events(sample_root, tmp_path):
-    from emovlm_kd.train import train
+    from emovlm_kd.stages.runner import train
 
     manifest = subset_manifest(sample_root, "tracked.jsonl", {"train": 2, "val": 1, "test": 1})
     config = fast_config(manifest, tmp_path / "cache", "report_to=tensorboard", "distill.views=0")
-    run, _ = train(config, tmp_path / "run")
+    run = train(config, tmp_path / "run")
 
     logs = tmp_path / "run" / "logs" / "tensorboard"
     assert sorted(p.name for p in logs.iterdir()) == ["distill", "gate", "instruct", "teacher"]

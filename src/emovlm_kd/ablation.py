@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from emovlm_kd.errors import UserError
-from emovlm_kd.models.gate import GATE_VARIANTS
-from emovlm_kd.models.head import HIDDEN_WIDTHS
+from emovlm_kd.models.configs import GATE_VARIANTS, HIDDEN_WIDTHS
 from emovlm_kd.run import Run
-from emovlm_kd.stages.distill import distillation_set, split_features, train_head
+from emovlm_kd.stages.caches import split_features
+from emovlm_kd.stages.distill import distillation_set, train_head
 from emovlm_kd.stages.gate import train_gate_module
+from emovlm_kd.stages.registry import STAGE_NAMES
 from emovlm_kd.stages.tensor_training import accuracy
 
 AXES = ("depth", "alpha", "temperature", "gate")
@@ -52,12 +53,11 @@ def cached_tensors(run: Run) -> AblationTensors:
     """Every non-empty split's cached tensors and the head's training rows (computed once
     if a cache is missing rows)."""
     from emovlm_kd.models.teacher import load_teacher
-    from emovlm_kd.stages.features import teacher_logits, vlm_scores
-    from emovlm_kd.stages.instruct import TunedVLM
+    from emovlm_kd.stages.caches import teacher_logits, vlm_scores
+    from emovlm_kd.models.tuned import TunedVLM
 
-    for stage in ("teacher", "instruct", "distill", "gate"):
-        run.require(stage)
-    vlm = TunedVLM(run)  # loaded only if a cache misses rows
+    run.require(*STAGE_NAMES)
+    vlm = TunedVLM(run.load_tuned_vlm)  # loaded only if a cache misses rows
     teacher, processor = load_teacher(str(run.stage_dir("teacher")), run.dataset.taxonomy.labels)
     tensors = {}
     for split, features in split_features(run, vlm).items():

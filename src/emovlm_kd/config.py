@@ -17,10 +17,14 @@ from pathlib import Path
 import yaml
 
 from emovlm_kd.errors import UserError
+from emovlm_kd.models.configs import DistillationSettings, GateSettings, HeadSettings
 from emovlm_kd.tracking import check_tracker
 
-# The training stages in the order they run; each has a section below.
-STAGES = ("teacher", "instruct", "distill", "gate")
+
+def setting(default, help_text: str, **flag) -> dataclasses.Field:
+    """A config field carrying the help (and choices, metavar or type) of its command-line flag;
+    `apps.cli.flags` builds the flags of a command from such fields."""
+    return field(default=default, metadata={"help": help_text, **flag})
 
 
 @dataclass
@@ -80,12 +84,10 @@ class InstructStageConfig:
     reuse_visual_tokens: bool = False
 
 
-@dataclass
-class DistillStageConfig:
-    depth: int = 1
-    dropout: float = 0.1
-    alpha: float = 0.5
-    temperature: float = 2.0
+@dataclass(kw_only=True)
+class DistillStageConfig(DistillationSettings, HeadSettings):
+    """The head's settings and the distillation objective's (models.configs), and how to train."""
+
     lr: float = 1e-5
     weight_decay: float = 1e-4
     epochs: int = 5
@@ -96,9 +98,10 @@ class DistillStageConfig:
     views: int = 0
 
 
-@dataclass
-class GateStageConfig:
-    variant: str = "concat_linear"
+@dataclass(kw_only=True)
+class GateStageConfig(GateSettings):
+    """The gate's settings (models.configs), and how to train it."""
+
     lr: float = 1e-4
     # L2 toward the gate's start (the product of experts), not toward zero.
     weight_decay: float = 1e-4
@@ -107,9 +110,6 @@ class GateStageConfig:
     # Split whose cached head logits and VLM log-probabilities train the gate: held-out data
     # (val), where both experts are as (un)sure as on new images. 'train' is allowed, with a warning.
     split: str = "val"
-    # Where head and VLM both put at least this on one label, the fused output is their
-    # product, whatever the gate learnt; null turns it off.
-    keep_agreement: float | None = 0.8
 
 
 @dataclass
@@ -122,6 +122,7 @@ class RunConfig:
     batch_size: int = 8
     # Where every stage logs its losses and accuracies: none, tensorboard, wandb or mlflow.
     report_to: str = "none"
+    # One section per training stage (stages.registry lists them in order).
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
     instruct: InstructStageConfig = field(default_factory=InstructStageConfig)

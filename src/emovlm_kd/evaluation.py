@@ -13,15 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from emovlm_kd import distributed
 from emovlm_kd.data.datasets import SPLITS, Sample, get_dataset_preset
 from emovlm_kd.errors import UserError
+from emovlm_kd.io import write_json
 from emovlm_kd.labels import TAXONOMIES
 from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals, classification_report, complementarity, paired_bootstrap
-from emovlm_kd.models.gate import KEEP_AGREEMENT, Gate, sure_agreement
+from emovlm_kd.models.configs import KEEP_AGREEMENT
+from emovlm_kd.models.gate import Gate, sure_agreement
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
-from emovlm_kd.stages.features import teacher_logits
+from emovlm_kd.stages.caches import teacher_logits
 from emovlm_kd.stages.gate import gate_inputs
+from emovlm_kd.stages.registry import STAGE_NAMES
 
 MODELS = ("teacher", "vlm", "head", "emovlm_kd")
 MODEL_TITLES = {"teacher": "teacher", "vlm": "VLM alone", "head": "head alone", "emovlm_kd": "EmoVLM-KD (gated)"}
@@ -55,8 +59,7 @@ def split_names(run: Run, split: str) -> tuple[str, ...]:
 
 def score_run(run: Run, split: str = "test") -> Scores:
     """[N, K] probabilities of teacher, VLM, head and gated EmoVLM-KD on `split` (or 'all')."""
-    for stage in ("teacher", "instruct", "distill", "gate"):
-        run.require(stage)
+    run.require(*STAGE_NAMES)
     names = split_names(run, split)
     samples = [sample for name in names for sample in run.dataset.splits[name]]
     inputs = gate_inputs(run, names)
@@ -131,6 +134,18 @@ def agreement_kept(probs: dict[str, torch.Tensor], confidence: float) -> dict:
 def evaluate_run(run: Run, split: str = "test") -> dict:
     """Metrics of each model on `split`, from the run's artifacts and caches (see `summarize`)."""
     return summarize(score_run(run, split), run)
+
+
+def evaluate_finished_run(run: Run) -> dict | None:
+    """The test metrics of a run whose every stage is finished, written to RUN/metrics.json;
+    None where a stage is unfinished or there is no test split (and on ranks other than 0)."""
+    if not (all(run.is_done(stage) for stage in STAGE_NAMES) and run.dataset.splits.get("test")):
+        return None
+    metrics = evaluate_run(run, "test")  # on every rank: it fills shared caches
+    if not distributed.is_main():
+        return None
+    write_json(run.directory / "metrics.json", metrics)
+    return metrics
 
 
 def prediction_records(scores: Scores) -> Iterator[dict]:

@@ -13,8 +13,8 @@ def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
-    alpha: float = 0.5,
-    temperature: float = 2.0,
+    alpha: float,
+    temperature: float,
 ) -> torch.Tensor:
     """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels).
 

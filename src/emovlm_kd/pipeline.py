@@ -71,13 +71,10 @@ class EmoVLMKD:
     def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
         """Load the tuned VLM, head and gate of a finished run, or of an exported model: its
         folder, or its Hugging Face Hub id (a name that is no folder here), downloaded first."""
-        from emovlm_kd.stages.instruct import load_tuned_vlm
-
         run = Run.open(_run_folder(run_dir))
-        for stage in ("instruct", "distill", "gate"):
-            run.require(stage)
+        run.require("instruct", "distill", "gate")
         taxonomy = run.taxonomy
-        adapter = load_tuned_vlm(run)
+        adapter = run.load_tuned_vlm()
         device = adapter.device
         head = DistillHead.from_pretrained(run.stage_dir("distill"), device=device)
         gate = Gate.from_pretrained(run.stage_dir("gate"), device=device)

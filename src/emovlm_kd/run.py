@@ -22,6 +22,7 @@ from emovlm_kd.io import atomic_write_text, read_json, write_json
 from emovlm_kd.labels import Taxonomy
 from emovlm_kd.models.registry import ModelPreset, resolve_vlm
 from emovlm_kd.models.tokenizers import cache_home
+from emovlm_kd.models.tuned import load_tuned_vlm, tuned_loading
 
 CONFIG_FILE = "config.yaml"
 # The run's labels, in order, written at training time: prediction and serving need no dataset.
@@ -118,14 +119,25 @@ class Run:
     def stage_metrics(self, stage: str) -> dict:
         return read_json(self.stage_dir(stage) / "metrics.json")
 
-    def require(self, stage: str) -> Path:
-        problem = self.stage_problem(stage)
-        if problem is not None:
-            raise UserError(
-                f"the {stage} stage of {self.directory} {problem}; run "
-                f"`emovlm-kd train --config {self.directory / CONFIG_FILE} --out {self.directory} --stage {stage}`."
-            )
-        return self.stage_dir(stage)
+    def require(self, *stages: str) -> Path:
+        """The folder of the last of `stages`, each of which must be finished (else one sentence)."""
+        for stage in stages:
+            problem = self.stage_problem(stage)
+            if problem is not None:
+                raise UserError(
+                    f"the {stage} stage of {self.directory} {problem}; run `emovlm-kd train --config "
+                    f"{self.directory / CONFIG_FILE} --out {self.directory} --stage {stage}`."
+                )
+        return self.stage_dir(stages[-1])
+
+    def tuned_loading(self) -> dict[str, bool]:
+        """How the run's tuned VLM loads (4-bit base and unmerged adapter after QLoRA)."""
+        return tuned_loading(self.stage_metrics("instruct").get("method"))
+
+    def load_tuned_vlm(self):
+        """The run's instruction-tuned VLM, loaded as it was tuned."""
+        instruct_dir = self.require("instruct")
+        return load_tuned_vlm(self.preset, instruct_dir, self.stage_metrics("instruct").get("method"), self.config.seed)
 
     @functools.cached_property
     def preset(self) -> ModelPreset:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from emovlm_kd.config import setting
 from emovlm_kd.errors import UserError
 
 BACKENDS = ("openai", "local")
-
-
-def _setting(default, help_text: str, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
 
 
 @dataclass
@@ -21,45 +18,45 @@ class AnnotateConfig:
     Temperature 0 and a fixed jitter seed keep reruns as repeatable as the endpoint allows.
     """
 
-    data: str | None = _setting(
+    data: str | None = setting(
         None, "dataset folder, .jsonl/.csv manifest, `datasets` folder or Parquet; its train split is annotated", metavar="ROOT",
     )
-    out: str | None = _setting(None, "JSONL file of records; appended to, and resumed when it exists", metavar="FILE")
-    model: str | None = _setting(
+    out: str | None = setting(None, "JSONL file of records; appended to, and resumed when it exists", metavar="FILE")
+    model: str | None = setting(
         None, "model name at the endpoint, or a VLM preset / hub id / folder with --backend local", metavar="NAME",
     )
-    backend: str = _setting(
+    backend: str = setting(
         "openai", "openai: any OpenAI-compatible chat endpoint; local: a VLM through transformers", choices=BACKENDS,
     )
-    base_url: str | None = _setting(
+    base_url: str | None = setting(
         None, "endpoint URL, e.g. https://api.openai.com/v1 or http://localhost:11434/v1", metavar="URL",
     )
-    api_key_env: str | None = _setting(
+    api_key_env: str | None = setting(
         None, "environment variable holding the API key (default: OPENAI_API_KEY if set, else no key)", metavar="VAR",
     )
-    taxonomy: str | None = _setting(None, "label set (default: guessed from the class names)", metavar="NAME")
-    image_column: str = _setting("image", "image column of a `datasets` folder or Parquet data", metavar="NAME")
-    label_column: str = _setting("label", "label column of a `datasets` folder or Parquet data", metavar="NAME")
-    concurrency: int = _setting(4, "requests in flight at once (the local backend runs one at a time)", metavar="N")
-    limit: int | None = _setting(None, "annotate only the first N training images (in path order)", metavar="N")
-    max_tokens: int = _setting(512, "longest answer, in tokens", metavar="N")
-    temperature: float = _setting(0.0, "sampling temperature sent to the endpoint", metavar="T")
-    timeout: float = _setting(120.0, "seconds to wait for one answer before retrying", metavar="SECONDS")
-    max_retries: int = _setting(
+    taxonomy: str | None = setting(None, "label set (default: guessed from the class names)", metavar="NAME")
+    image_column: str = setting("image", "image column of a `datasets` folder or Parquet data", metavar="NAME")
+    label_column: str = setting("label", "label column of a `datasets` folder or Parquet data", metavar="NAME")
+    concurrency: int = setting(4, "requests in flight at once (the local backend runs one at a time)", metavar="N")
+    limit: int | None = setting(None, "annotate only the first N training images (in path order)", metavar="N")
+    max_tokens: int = setting(512, "longest answer, in tokens", metavar="N")
+    temperature: float = setting(0.0, "sampling temperature sent to the endpoint", metavar="T")
+    timeout: float = setting(120.0, "seconds to wait for one answer before retrying", metavar="SECONDS")
+    max_retries: int = setting(
         5, "retries of a request after a rate limit (429), server error (5xx) or time-out", metavar="N",
     )
-    retry_base_delay: float = _setting(
+    retry_base_delay: float = setting(
         1.0, "seconds before the first retry; doubled for each further one", metavar="SECONDS",
     )
-    retry_max_delay: float = _setting(60.0, "longest wait between two retries, in seconds", metavar="SECONDS")
-    seed: int = _setting(42, "seed of the retry jitter (and of an offline preset's random weights)", metavar="N")
-    max_image_side: int = _setting(
+    retry_max_delay: float = setting(60.0, "longest wait between two retries, in seconds", metavar="SECONDS")
+    seed: int = setting(42, "seed of the retry jitter (and of an offline preset's random weights)", metavar="N")
+    max_image_side: int = setting(
         1024, "images are downscaled so their longer side is at most this many pixels", metavar="PIXELS",
     )
-    give_up_after: int = _setting(
+    give_up_after: int = setting(
         20, "stop after this many images fail in a row (0: never), e.g. when the endpoint is down", metavar="N",
     )
-    retry_flagged: bool = _setting(
+    retry_flagged: bool = setting(
         False, "ask again for the images whose records are flagged (see --check) and keep only the new records; "
         "no other image is asked again",
     )

@@ -23,13 +23,13 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 from tqdm import tqdm
 
-from emovlm_kd.data.datasets import (
-    _PROGRESS_FROM,
-    _SPLIT_ALIASES,
+from emovlm_kd.data.layouts import (
     LAYOUT_PARQUET,
     LAYOUT_SAVED,
-    _Entry,
-    _hidden,
+    PROGRESS_FROM,
+    SPLIT_ALIASES,
+    Entry,
+    is_hidden,
 )
 from emovlm_kd.errors import UserError
 
@@ -61,12 +61,12 @@ def parquet_files(folder: Path) -> list[Path]:
     """The .parquet files anywhere under `folder` (hidden folders pruned), sorted."""
     found = []
     for current, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not _hidden(d)]
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
         found.extend(Path(current, file) for file in files if file.lower().endswith(".parquet"))
     return sorted(found)
 
 
-def read_arrow_dataset(root: Path, image_column: str, label_column: str) -> tuple[list[_Entry], list[str], str]:
+def read_arrow_dataset(root: Path, image_column: str, label_column: str) -> tuple[list[Entry], list[str], str]:
     """(entries, problems, layout) of a `save_to_disk` folder, a Parquet file or a folder of them.
 
     Splits come from the DatasetDict's keys or the Parquet files' names (`train-00000-of-00001`,
@@ -105,7 +105,7 @@ def _saved_parts(datasets, root: Path) -> list[_Part]:
     return [
         _Part(
             name=f"split {key}" if key else root.name,
-            split=_SPLIT_ALIASES.get(key.lower()) if key else None,
+            split=SPLIT_ALIASES.get(key.lower()) if key else None,
             folder=root,
             features=dataset.features,
             rows=dataset.num_rows,
@@ -148,9 +148,9 @@ def _parquet_batches(file: Path, columns: list[str]) -> Iterator[Any]:
 # `test.parquet`, or a split folder (`validation/0000.parquet`).
 def _parquet_split(file: Path, folder: Path) -> str | None:
     prefix = re.match(r"[a-z]*", file.stem.lower()).group()
-    if prefix in _SPLIT_ALIASES:
-        return _SPLIT_ALIASES[prefix]
-    return _SPLIT_ALIASES.get(file.parent.name.lower()) if file.parent != folder else None
+    if prefix in SPLIT_ALIASES:
+        return SPLIT_ALIASES[prefix]
+    return SPLIT_ALIASES.get(file.parent.name.lower()) if file.parent != folder else None
 
 
 def _drop_unsplit(parts: list[_Part], root: Path) -> tuple[list[_Part], list[str]]:
@@ -164,15 +164,15 @@ def _drop_unsplit(parts: list[_Part], root: Path) -> tuple[list[_Part], list[str
     ]
 
 
-def _part_entries(part: _Part, store: Path, image_column: str, label_column: str) -> list[_Entry]:
+def _part_entries(part: _Part, store: Path, image_column: str, label_column: str) -> list[Entry]:
     _check_columns(part, image_column, label_column)
     label_feature = part.features[label_column]
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     workers = min(8, os.cpu_count() or 1)
     # Threads: hashing and writing release the GIL.
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
         total=part.rows, desc=f"images of {part.name}", unit="img", file=sys.stderr,
-        disable=part.rows < _PROGRESS_FROM,
+        disable=part.rows < PROGRESS_FROM,
     ) as progress:
         for batch in part.batches([image_column, label_column]):
             images = batch.column(image_column).to_pylist()

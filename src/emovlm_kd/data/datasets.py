@@ -30,33 +30,25 @@ from emovlm_kd.images import (
     load_image,
     verify_image,
 )
+from emovlm_kd.data.layouts import (
+    LAYOUT_CLASS_FOLDERS,
+    LAYOUT_MANIFEST,
+    LAYOUT_PARQUET,
+    LAYOUT_SAVED,
+    LAYOUT_SPLIT_FOLDERS,
+    PROGRESS_FROM,
+    SPLIT_ALIASES,
+    SPLITS,
+    Entry,
+    is_hidden,
+)
 from emovlm_kd.labels import TAXONOMIES, Taxonomy, get_taxonomy, guess_taxonomy
 
-SPLITS = ("train", "val", "test")
-
-# Folder names and manifest values seen in the wild, lower-cased.
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 
-LAYOUT_SPLIT_FOLDERS = "split folders"
-LAYOUT_CLASS_FOLDERS = "class folders"
-LAYOUT_MANIFEST = "manifest"
-LAYOUT_SAVED = "datasets save_to_disk folder"
-LAYOUT_PARQUET = "parquet"
 
 # How many unreadable files a problem report names one by one.
 _NAMED_UNREADABLE = 5
-# Below this many images a progress bar would only flicker.
-_PROGRESS_FROM = 500
 
 
 @dataclass(frozen=True)
@@ -169,7 +161,7 @@ class Dataset:
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split ('train', 'val', 'test' or an alias such as 'validation')."""
-        split = _SPLIT_ALIASES.get(name.strip().lower())
+        split = SPLIT_ALIASES.get(name.strip().lower())
         if split is None:
             raise UserError(f"unknown split {name!r}; use train, val or test.")
         samples = self.splits.get(split, [])
@@ -329,11 +321,9 @@ def _guess_taxonomy(names: list[str]) -> Taxonomy:
         return max(TAXONOMIES.values(), key=lambda t: sum(_accepts(t, name) for name in names))
 
 
-_Entry = tuple[Path, str, "str | None"]  # (image path, class name as written, split or None)
 
 
-def _read_entries(root: Path, image_column: str, label_column: str) -> tuple[list[_Entry], list[str], str]:
-    # Imported here: arrow_datasets builds on this module.
+def _read_entries(root: Path, image_column: str, label_column: str) -> tuple[list[Entry], list[str], str]:
     from emovlm_kd.data.arrow_datasets import is_saved_dataset, parquet_files, read_arrow_dataset
 
     if not root.exists():
@@ -352,10 +342,10 @@ def _read_entries(root: Path, image_column: str, label_column: str) -> tuple[lis
     return _scan_folders(root)
 
 
-def _scan_folders(root: Path) -> tuple[list[_Entry], list[str], str]:
+def _scan_folders(root: Path) -> tuple[list[Entry], list[str], str]:
     children = _visible_dirs(root)
-    split_dirs = [child for child in children if child.name.lower() in _SPLIT_ALIASES]
-    entries: list[_Entry] = []
+    split_dirs = [child for child in children if child.name.lower() in SPLIT_ALIASES]
+    entries: list[Entry] = []
     problems: list[str] = []
     non_images: list[Path] = []
     if split_dirs:
@@ -365,11 +355,11 @@ def _scan_folders(root: Path) -> tuple[list[_Entry], list[str], str]:
                 f"ignored folder(s) {', '.join(others)} beside the split folders in {root}; "
                 "move their images into train/, val/ or test/ class folders."
             )
-        class_parents = [(folder, _SPLIT_ALIASES[folder.name.lower()]) for folder in split_dirs]
+        class_parents = [(folder, SPLIT_ALIASES[folder.name.lower()]) for folder in split_dirs]
         layout = LAYOUT_SPLIT_FOLDERS
     else:
         nested = [child.name for child in children if any(
-            grandchild.name.lower() in _SPLIT_ALIASES for grandchild in _visible_dirs(child)
+            grandchild.name.lower() in SPLIT_ALIASES for grandchild in _visible_dirs(child)
         )]
         if nested:
             raise UserError(
@@ -401,12 +391,10 @@ def _scan_folders(root: Path) -> tuple[list[_Entry], list[str], str]:
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(
-        path for path in folder.iterdir() if path.is_dir() and not _hidden(path.name)
+        path for path in folder.iterdir() if path.is_dir() and not is_hidden(path.name)
     )
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
 
 
 # (images, other visible files) anywhere under `folder`, hidden folders pruned.
@@ -414,16 +402,16 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
     images: list[Path] = []
     others: list[Path] = []
     for current, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
         for file in sorted(files):
-            if _hidden(file):
+            if is_hidden(file):
                 continue
             path = Path(current, file)
             (images if is_image_file(path) else others).append(path)
     return images, others
 
 
-def _read_manifest(manifest: Path) -> list[_Entry]:
+def _read_manifest(manifest: Path) -> list[Entry]:
     rows = list(_manifest_rows(manifest))
     with_split = [line for line, row in rows if row.get("split")]
     if with_split and len(with_split) != len(rows):
@@ -432,7 +420,7 @@ def _read_manifest(manifest: Path) -> list[_Entry]:
             f"{manifest.name} line {line} has no split while other rows have one; "
             "give every row a split (train, val or test) or none at all."
         )
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     for line, row in rows:
         image = row.get("image") or row.get("path")
         label = row.get("label")
@@ -443,7 +431,7 @@ def _read_manifest(manifest: Path) -> list[_Entry]:
             )
         split = None
         if with_split:
-            split = _SPLIT_ALIASES.get(row["split"].lower())
+            split = SPLIT_ALIASES.get(row["split"].lower())
             if split is None:
                 raise UserError(
                     f"{manifest.name} line {line} has split {row['split']!r}; use train, val or test."
@@ -509,7 +497,7 @@ def _probe_all(paths: list[Path], probe: Callable[[Path], object]) -> dict[Path,
             desc="checking images",
             unit="img",
             file=sys.stderr,
-            disable=len(paths) < _PROGRESS_FROM,
+            disable=len(paths) < PROGRESS_FROM,
         ))
     return {path: message for path, message in zip(paths, messages) if message}
 

@@ -16,18 +16,13 @@ images must not overrule two confident experts that agree. It learns on the rest
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 
 import torch
 from torch import nn
 
+from emovlm_kd.models.configs import GateConfig
 from emovlm_kd.models.saving import SavableModule
-
-GATE_VARIANTS = ("concat_linear", "bilinear", "mixture", "dynamic", "cross")
-# How sure both experts must be of one label for the gate to keep it (GateConfig.keep_agreement).
-KEEP_AGREEMENT = 0.8
 
 
 def sure_agreement(head: torch.Tensor, vlm: torch.Tensor, confidence: float) -> torch.Tensor:
@@ -35,21 +30,6 @@ def sure_agreement(head: torch.Tensor, vlm: torch.Tensor, confidence: float) -> 
     floor = math.log(confidence)
     (head_top, head_label), (vlm_top, vlm_label) = head.max(-1), vlm.max(-1)
     return (head_label == vlm_label) & (head_top >= floor) & (vlm_top >= floor)
-
-
-@dataclass
-class GateConfig:
-    num_labels: int
-    variant: str = "concat_linear"
-    num_experts: int = 3
-    # Both experts at least this sure of one label: the fused output is their product. None: off.
-    keep_agreement: float | None = KEEP_AGREEMENT
-
-    def __post_init__(self):
-        if self.variant not in GATE_VARIANTS:
-            raise ValueError(f"unknown gate variant {self.variant!r}; choose one of: {', '.join(GATE_VARIANTS)}")
-        if self.keep_agreement is not None and not 0.5 < self.keep_agreement <= 1:
-            raise ValueError(f"gate keep_agreement={self.keep_agreement} must lie in (0.5, 1], or be None to turn it off")
 
 
 def _product_of_experts(k: int) -> nn.Linear:

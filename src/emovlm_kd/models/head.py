@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from emovlm_kd.models.configs import HIDDEN_WIDTHS, HeadConfig
 from emovlm_kd.models.saving import SavableModule
-
-# Hidden widths by depth, as in the paper: depth 1 is one hidden layer of 1024 (the best).
-HIDDEN_WIDTHS = (1024, 512, 256, 128, 64)
-
-
-@dataclass
-class HeadConfig:
-    input_dim: int
-    num_labels: int
-    depth: int = 1
-    dropout: float = 0.1
-
-    def __post_init__(self):
-        if not 1 <= self.depth <= len(HIDDEN_WIDTHS):
-            raise ValueError(f"head depth must be between 1 and {len(HIDDEN_WIDTHS)}, got {self.depth}")
 
 
 class DistillHead(SavableModule):

@@ -14,31 +14,18 @@ import logging
 import torch
 
 from emovlm_kd import distributed
-from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.losses import distillation_loss
-from emovlm_kd.models.head import DistillHead, HeadConfig
+from emovlm_kd.models.configs import HeadConfig
+from emovlm_kd.models.head import DistillHead
 from emovlm_kd.models.teacher import load_teacher
+from emovlm_kd.models.tuned import TunedVLM
 from emovlm_kd.run import Run
-from emovlm_kd.stages.features import teacher_logits, visual_features
-from emovlm_kd.stages.instruct import TunedVLM
+from emovlm_kd.stages.caches import split_features, teacher_logits, visual_features
+from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
 from emovlm_kd.tracking import EpochTracker
 
 log = logging.getLogger("emovlm_kd")
-
-
-def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-    """Cached pooled visual features of the tuned VLM, for every non-empty split (or `splits`).
-
-    The head reads exactly the visual tokens the tuned VLM computes at inference, so an
-    adapter whose tuning touches the vision side (a projector, say) stays consistent.
-    """
-    vlm = vlm or TunedVLM(run)  # loaded only if a cache misses rows
-    return {
-        split: visual_features(run, vlm, samples)
-        for split, samples in run.dataset.splits.items()
-        if samples and (splits is None or split in splits)
-    }
 
 
 def distillation_set(run: Run, vlm: TunedVLM, teacher, processor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,9 +41,7 @@ def distillation_set(run: Run, vlm: TunedVLM, teacher, processor) -> tuple[torch
 def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config, seed: int,
                on_epoch=None):
     """Fit a DistillHead on cached tensors; returns the head and its per-epoch history."""
-    head_config = HeadConfig(
-        input_dim=features.shape[1], num_labels=teacher.shape[1], depth=config.depth, dropout=config.dropout
-    )
+    head_config = HeadConfig.shaped(config, input_dim=features.shape[1], num_labels=teacher.shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = DistillHead(head_config)
@@ -78,21 +63,18 @@ def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     return head, history
 
 
-def train_distill(run: Run) -> dict:
+def train(run: Run) -> dict:
     """Train the head on train-split features and teacher logits; save it to RUN/distill."""
     config = run.config.distill
     teacher, processor = load_teacher(str(run.require("teacher")), run.dataset.taxonomy.labels)
-    vlm = TunedVLM(run)
+    vlm = TunedVLM(run.load_tuned_vlm)
     features = split_features(run, vlm)
     train_rows = distillation_set(run, vlm, teacher, processor)
     # Caching above is shared by every rank; the head itself trains in seconds, on rank 0.
     if not distributed.is_main():
-        distributed.barrier()
-        return {}
+        return finish_stage(run, "distill", {})
     tracker = EpochTracker(run.config.report_to, run.directory, "distill", dataclasses.asdict(config))
     head, history = train_head(*train_rows, config, run.config.seed, on_epoch=tracker.log)
-    with atomic_dir(run.stage_dir("distill")) as saving:
-        head.save_pretrained(saving)
     metrics = {"parameters": sum(p.numel() for p in head.parameters()), "train_rows": len(train_rows[0]),
                "history": history}
     with torch.no_grad():
@@ -100,6 +82,4 @@ def train_distill(run: Run) -> dict:
             metrics[f"{split}_accuracy"] = accuracy(head(values), run.labels(run.dataset.splits[split]))
     log.info("distill: head val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
     tracker.finish(metrics)
-    write_json(run.stage_dir("distill") / "metrics.json", metrics)
-    distributed.barrier()
-    return metrics
+    return finish_stage(run, "distill", metrics, save=head.save_pretrained)

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from emovlm_kd import distributed
-from emovlm_kd.io import atomic_dir, write_json
-from emovlm_kd.models.gate import Gate, GateConfig
+from emovlm_kd.models.configs import GateConfig
+from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.head import DistillHead
+from emovlm_kd.models.tuned import TunedVLM
 from emovlm_kd.run import Run
-from emovlm_kd.stages.distill import split_features
-from emovlm_kd.stages.features import vlm_scores
-from emovlm_kd.stages.instruct import TunedVLM
+from emovlm_kd.stages.caches import split_features, vlm_scores
+from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
 from emovlm_kd.tracking import EpochTracker
 
@@ -31,7 +31,7 @@ log = logging.getLogger("emovlm_kd")
 def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per split: (head logits [N, K], VLM label log-probabilities [N, K])."""
     head = DistillHead.from_pretrained(run.require("distill"))
-    vlm = TunedVLM(run)  # loaded only if a cache misses rows
+    vlm = TunedVLM(run.load_tuned_vlm)  # loaded only if a cache misses rows
     features = split_features(run, vlm, splits)
     inputs = {}
     with torch.no_grad():
@@ -49,7 +49,7 @@ def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gate = Gate(GateConfig(num_labels=num_labels, variant=config.variant, keep_agreement=config.keep_agreement))
+        gate = Gate(GateConfig.shaped(config, num_labels))
         start = [parameter.detach().clone() for parameter in gate.parameters()]
 
         def loss(logits, index):
@@ -72,7 +72,7 @@ def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int
     return gate, history
 
 
-def train_gate(run: Run) -> dict:
+def train(run: Run) -> dict:
     config = run.config.gate
     if config.split == "train":
         log.warning("gate: trained on the train split, whose head and VLM outputs are in-sample (the models saw "
@@ -85,19 +85,14 @@ def train_gate(run: Run) -> dict:
     labels = run.labels(run.dataset.splits[config.split])
     # Caching above is shared by every rank; the gate itself trains in seconds, on rank 0.
     if not distributed.is_main():
-        distributed.barrier()
-        return {}
+        return finish_stage(run, "gate", {})
     tracker = EpochTracker(run.config.report_to, run.directory, "gate", dataclasses.asdict(config))
     gate, history = train_gate_module(*inputs[config.split], labels, config, len(run.dataset.taxonomy), run.config.seed,
                                       on_epoch=tracker.log)
-    with atomic_dir(run.stage_dir("gate")) as saving:
-        gate.save_pretrained(saving)
     metrics = {"variant": config.variant, "trained_on": config.split, "history": history}
     with torch.no_grad():
         for split, (head_logits, vlm_logprobs) in inputs.items():
             metrics[f"{split}_accuracy"] = accuracy(gate(head_logits, vlm_logprobs), run.labels(run.dataset.splits[split]))
     log.info("gate: val accuracy %.3f", metrics.get("val_accuracy", float("nan")))
     tracker.finish(metrics)
-    write_json(run.stage_dir("gate") / "metrics.json", metrics)
-    distributed.barrier()
-    return metrics
+    return finish_stage(run, "gate", metrics, save=gate.save_pretrained)

@@ -7,7 +7,6 @@ alone. The loss covers answer tokens only (the adapter's `encode` masks the rest
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from emovlm_kd import distributed
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
-from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.registry import load_vlm
+from emovlm_kd.models.tuned import resolve_method
 from emovlm_kd.prompts import (
     INFERENCE_PROMPT,
     OBSERVATION_PROMPT,
@@ -28,10 +26,10 @@ from emovlm_kd.prompts import (
 )
 from emovlm_kd.run import Run, load_rgb
 from emovlm_kd.stages.hf_trainer import training_arguments
+from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.tracking import trainer_tracking
 
 log = logging.getLogger("emovlm_kd")
-METHODS = ("auto", "qlora", "lora", "full")
 
 
 @dataclass(frozen=True)
@@ -40,19 +38,6 @@ class Example:
     task: str
     prompt: str
     answer: str
-
-
-def resolve_method(method: str, preset_method: str) -> str:
-    if method not in METHODS:
-        raise UserError(f"unknown instruct.method {method!r}; choose one of: {', '.join(METHODS)}.")
-    if method == "auto":
-        method = preset_method
-    if method == "auto":
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        method = "qlora" if torch.cuda.is_available() and has_bnb else "lora"
-    if method == "qlora" and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
-        raise UserError("instruct.method=qlora needs a CUDA GPU and bitsandbytes; use instruct.method=lora.")
-    return method
 
 
 def build_examples(run: Run) -> tuple[list[Example], dict]:
@@ -175,7 +160,7 @@ def apply_lora(adapter, config, quantized: bool):
     return get_peft_model(model, lora)
 
 
-def train_instruct(run: Run) -> dict:
+def train(run: Run) -> dict:
     """Tune the VLM on the instruction tasks; save the LoRA adapter (or full weights) to RUN/instruct."""
     config = run.config.instruct
     method = resolve_method(config.method, run.preset.instruct_method)
@@ -221,11 +206,6 @@ def train_instruct(run: Run) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=callbacks)
     trainer.train()
     model.eval()
-    if distributed.is_main():
-        # The stage folder is replaced whole, so an adapter or model of an earlier method
-        # cannot linger beside the new one, and a crash while saving leaves no half folder.
-        with atomic_dir(stage_dir) as saving:
-            model.save_pretrained(saving / ("model" if method == "full" else "adapter"))
     metrics = {
         "method": method,
         "examples": summary,
@@ -233,52 +213,7 @@ def train_instruct(run: Run) -> dict:
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
         "log_history": trainer.state.log_history,
     }
-    if distributed.is_main():
-        write_json(stage_dir / "metrics.json", metrics)
-    distributed.barrier()
-    return metrics
-
-
-def tuned_loading(run: Run) -> dict[str, bool]:
-    """How to load the run's tuned VLM so that it is the model that was tuned.
-
-    A QLoRA adapter was trained against the 4-bit base: the base is loaded in 4 bits again
-    and the adapter kept unmerged (merging into a bf16 base would score another model).
-    LoRA and full tuning load the base as it was and merge the adapter for speed.
-    """
-    method = run.stage_metrics("instruct").get("method")
-    return {"quantize_4bit": method == "qlora", "merge": method != "qlora"}
-
-
-def load_tuned_vlm(run: Run):
-    """The VLM with the run's instruction tuning applied (see `tuned_loading`)."""
-    stage_dir = run.require("instruct")
-    loading = tuned_loading(run)
-    if loading["quantize_4bit"]:
-        resolve_method("qlora", run.preset.instruct_method)  # one sentence where no GPU or bitsandbytes
-    adapter = load_vlm(run.preset, seed=run.config.seed, quantize_4bit=loading["quantize_4bit"])
-    if (stage_dir / "adapter").is_dir():
-        from peft import PeftModel
-
-        tuned = PeftModel.from_pretrained(adapter.model, stage_dir / "adapter")
-        # Unmerged: the base model with the LoRA layers injected in place (the family's
-        # attribute paths stay as they are).
-        adapter.model = tuned.merge_and_unload() if loading["merge"] else tuned.get_base_model()
-    else:
-        adapter.model = type(adapter.model).from_pretrained(stage_dir / "model", dtype=adapter.model.dtype, use_safetensors=True)
-    adapter.model.eval()
-    return adapter
-
-
-class TunedVLM:
-    """The run's tuned VLM, loaded on the first call: code that may find everything in
-    the caches (evaluation, ablations) then never loads a 7B model for nothing."""
-
-    def __init__(self, run: Run):
-        self.run = run
-        self._adapter = None
-
-    def __call__(self):
-        if self._adapter is None:
-            self._adapter = load_tuned_vlm(self.run)
-        return self._adapter
+    # The stage folder is replaced whole, so an adapter or model of an earlier method
+    # cannot linger beside the new one.
+    return finish_stage(run, "instruct", metrics,
+                        save=lambda folder: model.save_pretrained(folder / ("model" if method == "full" else "adapter")))

@@ -8,24 +8,23 @@ import random
 import torch
 from transformers import Trainer
 
-from emovlm_kd import distributed
 from emovlm_kd.augment import train_augment
-from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.models.teacher import (
     load_teacher,
     save_teacher,
     teacher_image_size,
 )
 from emovlm_kd.run import Run, load_rgb
-from emovlm_kd.stages.features import teacher_logits
+from emovlm_kd.stages.caches import teacher_logits
 from emovlm_kd.stages.hf_trainer import training_arguments
-from emovlm_kd.tracking import trainer_tracking
+from emovlm_kd.stages.registry import finish_stage, save_stage
 from emovlm_kd.stages.tensor_training import accuracy
+from emovlm_kd.tracking import trainer_tracking
 
 log = logging.getLogger("emovlm_kd")
 
 
-def train_teacher(run: Run) -> dict:
+def train(run: Run) -> dict:
     """Fine-tune the teacher on train; save it to RUN/teacher; report val and test accuracy."""
     config = run.config.teacher
     taxonomy = run.dataset.taxonomy
@@ -59,11 +58,8 @@ def train_teacher(run: Run) -> dict:
     log.info("teacher: fine-tuning %s on %d images for %s epochs", name, len(train), config.epochs)
     trainer.train()
     model.eval()
-    if distributed.is_main():
-        # The stage folder is replaced whole: a crash while saving leaves the old one or none.
-        with atomic_dir(stage_dir) as saving:
-            save_teacher(model, processor, saving)
-    distributed.barrier()
+    # Saved before the logits below: their cache is keyed by the saved weights.
+    save_stage(run, "teacher", lambda folder: save_teacher(model, processor, folder))
 
     metrics = {"model": name, "image_size": size, "train_images": len(train)}
     for split in ("val", "test"):
@@ -72,6 +68,4 @@ def train_teacher(run: Run) -> dict:
             logits = teacher_logits(run, model, processor, samples)
             metrics[f"{split}_accuracy"] = accuracy(logits, run.labels(samples))
     metrics["log_history"] = trainer.state.log_history
-    if distributed.is_main():
-        write_json(stage_dir / "metrics.json", metrics)
-    return metrics
+    return finish_stage(run, "teacher", metrics)

@@ -30,8 +30,7 @@ def register(subparsers, help_text: str) -> None:
 
 def parse_values(axis: str, text: str) -> list:
     from emovlm_kd.errors import UserError
-    from emovlm_kd.models.gate import GATE_VARIANTS
-    from emovlm_kd.models.head import HIDDEN_WIDTHS
+    from emovlm_kd.models.configs import GATE_VARIANTS, HIDDEN_WIDTHS
 
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:

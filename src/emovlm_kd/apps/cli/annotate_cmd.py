@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import typing
 
 from emovlm_kd.annotate.config import AnnotateConfig
+from emovlm_kd.apps.cli.flags import add_config_flags, config_from_flags
 from emovlm_kd.errors import UserError
 
 # How many failures are named one by one before the rest are only counted.
@@ -26,18 +25,7 @@ def register(subparsers, help_text: str) -> None:
         help="summarise an annotation file (default: --out): records, flagged by reason, per label; sends no request",
     )
     # Every setting of AnnotateConfig is a flag: --base-url, --max-retries, --retry-flagged, ...
-    hints = typing.get_type_hints(AnnotateConfig)
-    for setting in dataclasses.fields(AnnotateConfig):
-        kind = next((t for t in typing.get_args(hints[setting.name]) if t is not type(None)), hints[setting.name])
-        if kind is bool:
-            value = {"action": "store_true"}
-        else:
-            value = {"type": kind, **{key: setting.metadata.get(key) for key in ("choices", "metavar")}}
-        default = "" if setting.default is None or kind is bool else f" (default: {setting.default})"
-        parser.add_argument(
-            "--" + setting.name.replace("_", "-"), default=setting.default, help=setting.metadata["help"] + default,
-            **value,
-        )
+    add_config_flags(parser, AnnotateConfig)
     parser.set_defaults(func=run)
 
 
@@ -58,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
-    config = AnnotateConfig(
-        **{setting.name: getattr(args, setting.name) for setting in dataclasses.fields(AnnotateConfig)}
-    )
+    config = config_from_flags(AnnotateConfig, args)
     report = annotate_dataset(config)
     print(
         f"{report.out}: {report.written} record(s) written ({report.flagged} flagged), "

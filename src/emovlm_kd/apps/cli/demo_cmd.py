@@ -19,8 +19,8 @@ def register(subparsers, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from emovlm_kd.config import load_config
     from emovlm_kd.data.sample import build_sample_dataset
-    from emovlm_kd.evaluation import format_table
-    from emovlm_kd.train import train
+    from emovlm_kd.evaluation import evaluate_finished_run, format_table
+    from emovlm_kd.stages.runner import train
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     with resources.as_file(config_file) as path:
         config = load_config(path, [f"data.root={data}", f"instruct.annotations={data / 'annotations.jsonl'}",
                                     f"cache_dir={out.parent / 'cache'}", *args.overrides])
-    _, metrics = train(config, out)
+    metrics = evaluate_finished_run(train(config, out))
     print(format_table(metrics))
     print(f"run folder: {out}  (try: emovlm-kd predict --run {out} {data}/test)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -48,7 +48,6 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.report.plots import require_matplotlib
-    from emovlm_kd.config import STAGES
     from emovlm_kd.errors import UserError
     from emovlm_kd.evaluation import (
         format_table,
@@ -59,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from emovlm_kd.io import atomic_write_text, write_json
     from emovlm_kd.run import Run
+    from emovlm_kd.stages.registry import STAGE_NAMES
 
     if args.dataset and not args.data:
         raise UserError(
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         require_matplotlib()
     trained = Run.open(args.run)
-    for stage in STAGES:
-        trained.require(stage)
+    trained.require(*STAGE_NAMES)
     evaluated = with_data(trained, args.data, args.dataset) if args.data else trained
     out = output_folder(args)
 
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         from emovlm_kd.apps.report.document import write_report
         from emovlm_kd.apps.report.evaluation import evaluation_blocks
 
-        stages = {stage: trained.stage_metrics(stage) for stage in STAGES}
+        stages = {stage: trained.stage_metrics(stage) for stage in STAGE_NAMES}
         blocks = evaluation_blocks(metrics, stages, efficiency)
         title = f"EmoVLM-KD evaluation: {trained.directory.name}, {metrics['split']} split"
         written += [path for path in write_report(out, "report", title, blocks) if path.suffix != ".png"]

@@ -18,7 +18,7 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.export import check_hub_id, export_run, push_to_hub
+    from emovlm_kd.apps.export import check_hub_id, export_run, push_to_hub
 
     if args.push_to_hub:
         check_hub_id(args.push_to_hub)

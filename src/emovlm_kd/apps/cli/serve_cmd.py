@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
+from emovlm_kd.apps.cli.flags import add_config_flags, config_from_flags
 from emovlm_kd.apps.server.config import ServerConfig
 from emovlm_kd.errors import UserError
 
@@ -14,15 +14,7 @@ def register(subparsers, help_text: str) -> None:
     parser = subparsers.add_parser("serve", help=help_text, description=help_text)
     parser.add_argument("--run", required=True, help="a trained run folder")
     # One flag per ServerConfig field, with its default and help.
-    for setting in dataclasses.fields(ServerConfig):
-        flag = "--" + setting.name.replace("_", "-")
-        text = setting.metadata["help"]
-        if isinstance(setting.default, bool):
-            parser.add_argument(flag, dest=setting.name, action="store_true", help=text)
-        else:
-            kind = type(setting.default) if setting.default is not None else str
-            shown = "" if setting.default is None else f" (default: {setting.default})"
-            parser.add_argument(flag, dest=setting.name, type=kind, default=setting.default, help=text + shown)
+    add_config_flags(parser, ServerConfig)
     parser.set_defaults(func=run)
 
 
@@ -37,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.server.app import create_app
     from emovlm_kd.pipeline import EmoVLMKD
 
-    config = ServerConfig(**{setting.name: getattr(args, setting.name) for setting in dataclasses.fields(ServerConfig)})
+    config = config_from_flags(ServerConfig, args)
     if config.model_name is None:
         config.model_name = Path(args.run).resolve().name
     model = EmoVLMKD.from_pretrained(args.run)

@@ -6,26 +6,13 @@ import logging
 from pathlib import Path
 
 from emovlm_kd import distributed
-from emovlm_kd.config import STAGES, RunConfig
+from emovlm_kd.config import RunConfig
 from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import evaluate_run
-from emovlm_kd.io import remove_stale_temporaries, write_json
+from emovlm_kd.io import remove_stale_temporaries
 from emovlm_kd.run import Run, seed_everything
+from emovlm_kd.stages.registry import STAGE_NAMES, STAGES
 
 log = logging.getLogger("emovlm_kd")
-
-# A stage reruns when one it reads from was rerun.
-DEPENDS_ON = {"teacher": (), "instruct": (), "distill": ("teacher", "instruct"), "gate": ("instruct", "distill")}
-
-
-def _stage_function(stage: str):
-    from emovlm_kd.stages.distill import train_distill
-    from emovlm_kd.stages.gate import train_gate
-    from emovlm_kd.stages.instruct import train_instruct
-    from emovlm_kd.stages.teacher import train_teacher
-
-    return {"teacher": train_teacher, "instruct": train_instruct, "distill": train_distill, "gate": train_gate}[stage]
-
 
 def _attach_log_file(directory: Path) -> logging.Handler:
     (directory / "logs").mkdir(parents=True, exist_ok=True)
@@ -38,18 +25,17 @@ def _attach_log_file(directory: Path) -> logging.Handler:
 def train(
     config: RunConfig,
     out: str | Path,
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] = STAGE_NAMES,
     force: bool = False,
-    evaluate: bool = True,
-) -> tuple[Run, dict | None]:
-    """Run `stages` into the run folder `out`; returns the run and its test metrics (if evaluated;
-    on rank 0 only under a launcher).
+) -> Run:
+    """Run `stages` into the run folder `out` (and any finished stage downstream of one that
+    reran); returns the run.
 
     With `force`, the chosen stages are redone (and the config may differ from the saved one).
     """
-    unknown = [stage for stage in stages if stage not in STAGES]
+    unknown = [stage for stage in stages if stage not in STAGE_NAMES]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}.", exit_code=2)
+        raise UserError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGE_NAMES)}.", exit_code=2)
     out = Path(out)
     if force and (out / "config.yaml").exists():
         distributed.barrier()  # every rank has seen the old config before it goes
@@ -67,9 +53,10 @@ def train(
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
     try:
         rerun: set[str] = set()
-        for stage in STAGES:
+        for entry in STAGES:
+            stage = entry.name
             # A finished stage whose inputs were just remade is stale: it reruns too.
-            upstream_rerun = any(dep in rerun for dep in DEPENDS_ON[stage]) and run.is_done(stage)
+            upstream_rerun = any(dep in rerun for dep in entry.depends_on) and run.is_done(stage)
             wanted = stage in stages or upstream_rerun
             if not wanted:
                 continue
@@ -82,16 +69,9 @@ def train(
                 (run.stage_dir(stage) / "metrics.json").unlink(missing_ok=True)
             seed_everything(config.seed)
             log.info("%s: starting", stage)
-            _stage_function(stage)(run)
+            entry.train_function()(run)
             rerun.add(stage)
-        metrics = None
-        if evaluate and all(run.is_done(stage) for stage in STAGES) and run.dataset.splits.get("test"):
-            metrics = evaluate_run(run, "test")  # on every rank: it fills shared caches
-            if distributed.is_main():
-                write_json(out / "metrics.json", metrics)
-            else:
-                metrics = None
-        return run, metrics
+        return run
     finally:
         logging.getLogger("emovlm_kd").removeHandler(handler)
         handler.close()

@@ -1,4 +1,4 @@
-"""Cached per-image values shared by the stages, evaluation and benchmarks.
+"""The caches of per-image values shared by the stages, evaluation and benchmarks.
 
 - visual features: the frozen VLM's mean-pooled visual tokens [N, D] (the head's input);
 - teacher logits [N, K];
@@ -22,9 +22,9 @@ from emovlm_kd.augment import distillation_view
 from emovlm_kd.cache import TensorCache, file_fingerprint, fingerprint
 from emovlm_kd.data.datasets import Sample
 from emovlm_kd.io import read_json, write_json
+from emovlm_kd.models.tuned import TunedVLM
 from emovlm_kd.prompts import classification_answer, classification_prompt
 from emovlm_kd.run import Run, load_rgb
-from emovlm_kd.stages.instruct import TunedVLM
 
 VISUAL_FINGERPRINT_FILE = "visual_fingerprint.json"
 
@@ -57,6 +57,20 @@ def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample], view: int = 
 
     description = "visual features" + (f" (view {view})" if view else "")
     return cache.fill(keys, items, compute, run.config.batch_size, description)
+
+
+def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Cached pooled visual features of the tuned VLM, for every non-empty split (or `splits`).
+
+    The head reads exactly the visual tokens the tuned VLM computes at inference, so an
+    adapter whose tuning touches the vision side (a projector, say) stays consistent.
+    """
+    vlm = vlm or TunedVLM(run.load_tuned_vlm)  # loaded only if a cache misses rows
+    return {
+        split: visual_features(run, vlm, samples)
+        for split, samples in run.dataset.splits.items()
+        if samples and (splits is None or split in splits)
+    }
 
 
 def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:

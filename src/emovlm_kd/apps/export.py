@@ -19,7 +19,6 @@ from emovlm_kd.io import atomic_dir, atomic_write_text, read_json, write_json
 from emovlm_kd.models.registry import OFFLINE_PREFIX, PRESETS
 from emovlm_kd.pipeline import is_hub_id
 from emovlm_kd.run import CONFIG_FILE, LABELS_FILE, Run
-from emovlm_kd.stages.instruct import load_tuned_vlm, tuned_loading
 
 log = logging.getLogger("emovlm_kd")
 
@@ -45,10 +44,9 @@ def export_run(
     """
     run = Run.open(run_dir)
     out = Path(out)
-    for stage in EXPORTED_STAGES:
-        run.require(stage)
+    run.require(*EXPORTED_STAGES)
     _check_out(run, out)
-    if merge and tuned_loading(run)["quantize_4bit"]:
+    if merge and run.tuned_loading()["quantize_4bit"]:
         raise UserError(
             f"{run.directory} was tuned with QLoRA on the 4-bit base, so merging its adapter into the "
             "full-precision weights would give another model; export it without --merge."
@@ -104,9 +102,9 @@ def _write_tuned_vlm(run: Run, folder: Path, merge: bool) -> None:
             log.info("export: %s holds full weights already; nothing to merge", source)
         shutil.copytree(source, folder)
         return
-    # Merged as `load_tuned_vlm` merges a LoRA run for scoring, so the weights saved are the
+    # Merged as `Run.load_tuned_vlm` merges a LoRA run for scoring, so the weights saved are the
     # ones the run itself predicts with (in this machine's dtype: fp32 on a CPU).
-    tuned = load_tuned_vlm(run)
+    tuned = run.load_tuned_vlm()
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("adapter"))
     tuned.model.save_pretrained(folder / "model")
 
