@@ -132,7 +132,9 @@ class EmoVLMKD:
         starts = range(skip - skip % batch_size, len(paths), batch_size)
         batches = [list(range(max(start, skip), min(start + batch_size, len(paths)))) for start in starts]
         # Workers forked ahead of the model, each decoding whole batches; results come back in order.
-        loader = DataLoader(_ImageFiles(paths), batch_sampler=batches, collate_fn=list, num_workers=min(workers, len(batches)))
+        loader = DataLoader(
+            _ImageFiles(paths), batch_sampler=batches, collate_fn=list, num_workers=min(workers, len(batches))
+        )
         for loaded in loader:
             yield self._predict_loaded(loaded, explain)
 
@@ -140,7 +142,9 @@ class EmoVLMKD:
         """Predictions for a batch of decoded images, each unreadable one in its place with its error."""
         readable = [(path, image) for path, image in loaded if not isinstance(image, str)]
         predicted = iter(self._flush(readable, explain))
-        return [Prediction(image=path, error=image) if isinstance(image, str) else next(predicted) for path, image in loaded]
+        return [
+            Prediction(image=path, error=image) if isinstance(image, str) else next(predicted) for path, image in loaded
+        ]
 
     def _flush(self, batch, explain) -> list[Prediction]:
         if not batch:

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         failed = predict_into(model, paths, args, RowWriter(sys.stdout, args.format, model.taxonomy.labels))
         return report(failed, len(paths))
     out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the path of a file to write.", exit_code=2)
     # Each process writes its share; alone, it writes FILE itself in the asked format.
     target, fmt = (part_file(out, distributed.rank()), "json") if distributed.launched() else (out, args.format)
     done = resume(out, target, fmt, command_state(args, paths), args.overwrite)
@@ -216,7 +218,8 @@ def merge_parts(out: Path, fmt: str, labels: tuple[str, ...], count: int) -> int
     rows: list = [None] * count
     for rank in range(processes):
         # Rank r predicted images r, r + processes, r + 2 * processes, ...
-        rows[rank::processes] = [json.loads(line) for line in part_file(out, rank).read_text(encoding="utf-8").splitlines()]
+        lines = part_file(out, rank).read_text(encoding="utf-8").splitlines()
+        rows[rank::processes] = [json.loads(line) for line in lines]
     text = io.StringIO()
     RowWriter(text, fmt, labels).write(rows)
     atomic_write_text(out, text.getvalue())
