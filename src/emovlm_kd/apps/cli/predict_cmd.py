@@ -169,13 +169,13 @@ def resume(out: Path, target: Path, fmt: str, state: dict, overwrite: bool) -> l
         raise UserError(f"{out} holds the unfinished predictions of another command (other images, run, format, "
                         "--explain or number of processes); rerun that command to finish it, or pass --overwrite "
                         "to start it over.")
-    distributed.barrier()  # every process has read the state before rank 0 replaces it
     continuing = previous == state and not overwrite
     done = keep_whole_rows(target, fmt) if continuing else []
     if not continuing:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"")
-    # Emptied before the state names the new command: a crash in between must not mix two commands' rows.
+    # Every process has read the old state, and emptied its file, before the state names the
+    # new command: a crash in between must not mix two commands' rows.
     distributed.barrier()
     if distributed.is_main() and not continuing:
         write_json(state_file(out), state)
