@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from emovlm_kd.errors import UserError
 from emovlm_kd.images import ImageError, is_image_file
@@ -107,21 +108,40 @@ class EmoVLMKD:
             for i in range(len(images))
         ]
 
-    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 8, explain: bool = False) -> Iterator[Prediction]:
-        """Predictions for image files, in order; a file that cannot be read gets its error."""
-        batch: list[tuple[str, Image.Image]] = []
-        for path in paths:
-            try:
-                batch.append((str(path), load_rgb(path)))
-            except ImageError as error:
-                yield from self._flush(batch, explain)
-                batch = []
-                yield Prediction(image=str(path), error=str(error))
-                continue
-            if len(batch) == batch_size:
-                yield from self._flush(batch, explain)
-                batch = []
-        yield from self._flush(batch, explain)
+    def predict_paths(
+        self, paths: Iterable[str | Path], batch_size: int = 8, explain: bool = False, workers: int = 0
+    ) -> Iterator[Prediction]:
+        """Predictions for image files, in order; a file that cannot be read gets its error.
+
+        `workers` processes read and decode the next batches while the model runs (0: this
+        process decodes them itself)."""
+        for batch in self.predict_batches(list(paths), batch_size=batch_size, explain=explain, workers=workers):
+            yield from batch
+
+    def predict_batches(
+        self, paths: list[str | Path], batch_size: int = 8, explain: bool = False, workers: int = 0, skip: int = 0
+    ) -> Iterator[list[Prediction]]:
+        """`predict_paths` one batch at a time, leaving out the first `skip` paths (done already).
+
+        Batches are fixed slices of `paths` (the first may be cut by `skip`), so a run resumed
+        after `skip` images batches the rest as the whole run did and gets the same numbers.
+        """
+        starts = range(skip - skip % batch_size, len(paths), batch_size)
+        batches = [list(range(max(start, skip), min(start + batch_size, len(paths)))) for start in starts]
+        # Workers forked ahead of the model, each decoding whole batches; results come back in order.
+        loader = DataLoader(
+            _ImageFiles(paths), batch_sampler=batches, collate_fn=list, num_workers=min(workers, len(batches))
+        )
+        for loaded in loader:
+            yield self._predict_loaded(loaded, explain)
+
+    def _predict_loaded(self, loaded: list[tuple[str, Image.Image | str]], explain: bool) -> list[Prediction]:
+        """Predictions for a batch of decoded images, each unreadable one in its place with its error."""
+        readable = [(path, image) for path, image in loaded if not isinstance(image, str)]
+        predicted = iter(self._flush(readable, explain))
+        return [
+            Prediction(image=path, error=image) if isinstance(image, str) else next(predicted) for path, image in loaded
+        ]
 
     def _flush(self, batch, explain) -> list[Prediction]:
         if not batch:
@@ -140,6 +160,25 @@ class EmoVLMKD:
         for (path, _), prediction in zip(batch, predictions):
             prediction.image = path
         return predictions
+
+
+class _ImageFiles:
+    """Image files by position, decoded to RGB; an unreadable one gives its error sentence instead.
+
+    Called in the DataLoader's worker processes: what it returns is pickled back, an
+    exception would cost the whole batch."""
+
+    def __init__(self, paths: list[str | Path]):
+        self.paths = [str(path) for path in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, Image.Image | str]:
+        try:
+            return self.paths[index], load_rgb(self.paths[index])
+        except ImageError as error:
+            return self.paths[index], str(error)
 
 
 def is_hub_id(name: str) -> bool:
