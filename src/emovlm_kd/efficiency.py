@@ -27,58 +27,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-# Published config values of Qwen/Qwen2-VL-7B-Instruct (its config.json).
-QWEN2_VL_7B_TEXT = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 32768,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-}
-QWEN2_VL_7B_VISION = {
-    "depth": 32,
-    "embed_dim": 1280,
-    "hidden_size": 3584,
-    "mlp_ratio": 4,
-    "num_heads": 16,
-    "in_channels": 3,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-}
-# google/vit-base-patch16-384 (ViT-B/16 at 384 px) with a new K-way head, as the paper's teacher.
-VIT_B16_384 = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "image_size": 384,
-    "patch_size": 16,
-}
-PAPER_VLM_NAME = "Qwen2-VL-7B-Instruct"
-PAPER_TEACHER_NAME = "ViT-B/16-384"
+from emovlm_kd.models.published_configs import (
+    PAPER_TEACHER_NAME,
+    PAPER_VLM_NAME,
+    QWEN2_VL_7B_VISION,
+    paper_teacher,
+    paper_vlm,
+)
+
 # The share of the VLM's parameters the paper quotes for its head.
 PAPER_HEAD_SHARE = 0.003 / 100
-
-
-def paper_vlm(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Qwen2-VL-7B-Instruct on the meta device: every parameter's shape, no memory, no download."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    config = Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT, vision_config=QWEN2_VL_7B_VISION, tie_word_embeddings=False)
-    with torch.device("meta"):
-        return Qwen2VLForConditionalGeneration(config).to(dtype)
-
-
-def paper_teacher(num_labels: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """ViT-B/16-384 with a `num_labels`-way head, on the meta device."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    with torch.device("meta"):
-        return ViTForImageClassification(ViTConfig(num_labels=num_labels, **VIT_B16_384)).to(dtype)
 
 
 def count_parameters(module: nn.Module) -> int:
