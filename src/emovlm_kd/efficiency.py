@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.published_configs import (
     PAPER_TEACHER_NAME,
     PAPER_VLM_NAME,
@@ -37,10 +38,6 @@ from emovlm_kd.models.published_configs import (
 
 # The share of the VLM's parameters the paper quotes for its head.
 PAPER_HEAD_SHARE = 0.003 / 100
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.prompts import classification_answer, classification_prompt
 
 TARGETS = {
@@ -388,14 +389,14 @@ def memory_figures(models: Models, config: BenchConfig) -> dict:
             raise RuntimeError(f"the memory probe failed: {result.stderr.strip()[-2000:]}")
         measured = json.loads(result.stdout.strip().splitlines()[-1])
         peaks[mode], kind = measured["peak_mb"], measured["kind"]
-    vlm_params = sum(p.numel() for p in models.adapter.model.parameters())
-    overhead = sum(p.numel() for p in models.head.parameters()) + sum(p.numel() for p in models.gate.parameters())
+    vlm_params = count_parameters(models.adapter.model)
+    overhead = count_parameters(models.head) + count_parameters(models.gate)
     return {
         "peak_memory_mb": peaks,
         "peak_memory_kind": kind,
         "memory_ratio_vs_dual": peaks["emovlm_kd"] / peaks["dual"],
         "vlm_parameters": vlm_params,
-        "teacher_parameters": sum(p.numel() for p in models.teacher.parameters()),
+        "teacher_parameters": count_parameters(models.teacher),
         "head_gate_parameters": overhead,
         "head_gate_param_overhead_pct": 100 * overhead / vlm_params,
     }
@@ -411,7 +412,7 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
     device = config.resolved_device()
     models = Models(config.preset, config.seed, device=device)
     images = bench_images(config.images, config.seed)
-    parameters = sum(p.numel() for p in models.adapter.model.parameters())
+    parameters = count_parameters(models.adapter.model)
     progress(f"bench: {config.preset} preset, {parameters / 1e6:,.0f}M parameters on {device} ({models.dtype}), "
              f"{config.images} images, {config.repeats} repeats, {config.threads} CPU threads")
     result = {"config": asdict(config), "machine": _machine(device, models.dtype)}

@@ -17,6 +17,7 @@ import torch
 from emovlm_kd.errors import UserError
 from emovlm_kd.models import published_configs
 from emovlm_kd.models.dinov2_offline import DINOV2_VITS14, OFFLINE_DINOV2, offline_dinov2_folder
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, RANDOM_VIT_B16_384
 
 OFFLINE_PREFIX = "offline:"
@@ -280,7 +281,7 @@ def vlm_parameters(preset: ModelPreset) -> int | None:
         config = config_class(**preset.published_config)
     else:
         return None
-    return adapter_class.count_parameters(config)
+    return count_parameters(adapter_class.meta_model(config))
 
 
 def _load_vision_weights(adapter, name: str) -> None:

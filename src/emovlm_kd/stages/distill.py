@@ -17,6 +17,7 @@ from emovlm_kd import distributed
 from emovlm_kd.io import atomic_dir, write_json
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.head import DistillHead, HeadConfig
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.run import Run
 from emovlm_kd.stages.features import teacher_logits, visual_features
@@ -93,7 +94,7 @@ def train_distill(run: Run) -> dict:
     head, history = train_head(*train_rows, config, run.config.seed, on_epoch=tracker.log)
     with atomic_dir(run.stage_dir("distill")) as saving:
         head.save_pretrained(saving)
-    metrics = {"parameters": sum(p.numel() for p in head.parameters()), "train_rows": len(train_rows[0]),
+    metrics = {"parameters": count_parameters(head), "train_rows": len(train_rows[0]),
                "history": history}
     with torch.no_grad():
         for split, values in features.items():

@@ -19,6 +19,7 @@ from emovlm_kd import distributed
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
 from emovlm_kd.io import atomic_dir, write_json
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.registry import load_vlm
 from emovlm_kd.prompts import (
     INFERENCE_PROMPT,
@@ -190,7 +191,7 @@ def train_instruct(run: Run) -> dict:
     for module in adapter.vision_modules().values():
         module.requires_grad_(False)
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_parameters(model, trainable_only=True)
 
     reuse = VisualTokenReuse(adapter) if config.reuse_visual_tokens else None
 

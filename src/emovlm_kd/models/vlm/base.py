@@ -274,8 +274,7 @@ class VLMAdapter(ABC):
 
         Built on the meta device, so the names come from the family's own `vision_modules`.
         """
-        with torch.device("meta"):
-            model = cls.model_class()(config)
+        model = cls.meta_model(config)
         shell = cls.__new__(cls)  # an adapter around the meta model, only to ask it for modules
         shell.model = model
         names = {id(module): name for name, module in model.named_modules()}
@@ -283,11 +282,10 @@ class VLMAdapter(ABC):
         return [*vision, "lm_head"]
 
     @classmethod
-    def count_parameters(cls, config) -> int:
-        """Parameters of a model with `config`, built on the meta device (no memory, no weights)."""
+    def meta_model(cls, config):
+        """The family's model with `config` on the meta device: every shape, no memory, no weights."""
         with torch.device("meta"):
-            model = cls.model_class()(config)
-        return sum(parameter.numel() for parameter in model.parameters())
+            return cls.model_class()(config)
 
     # ---- what the stages use ------------------------------------------------------------
 
