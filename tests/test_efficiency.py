@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from emovlm_kd.efficiency import (
+from emovlm_kd.analysis.cost import (
     Workload,
     paper_scale,
     qwen2_vl_flops,

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from emovlm_kd import distributed
+from emovlm_kd.analysis.evaluation import evaluate_run
 from emovlm_kd.config import STAGES, RunConfig
 from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import evaluate_run
 from emovlm_kd.io import remove_stale_temporaries, write_json
 from emovlm_kd.run import Run, seed_everything
 

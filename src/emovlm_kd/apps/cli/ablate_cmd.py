@@ -57,7 +57,7 @@ def parse_values(axis: str, text: str) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.ablation import AXES, DEFAULT_VALUES, ablate, plan, run_settings
+    from emovlm_kd.analysis.ablation import AXES, DEFAULT_VALUES, ablate, plan, run_settings
     from emovlm_kd.apps.report import plots
     from emovlm_kd.apps.report.document import (
         Figure,

@@ -35,9 +35,9 @@ def read_metrics(path: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.analysis.evaluation import MODEL_TITLES
+    from emovlm_kd.analysis.paper_results import PAPER_PRESET, comparison, metrics_dataset
     from emovlm_kd.apps.report.document import Table, to_text
-    from emovlm_kd.evaluation import MODEL_TITLES
-    from emovlm_kd.paper_results import PAPER_PRESET, comparison, metrics_dataset
 
     metrics = read_metrics(Path(args.metrics))
     dataset = metrics_dataset(metrics, args.dataset)

@@ -47,16 +47,16 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.apps.report.plots import require_matplotlib
-    from emovlm_kd.config import STAGES
-    from emovlm_kd.errors import UserError
-    from emovlm_kd.evaluation import (
+    from emovlm_kd.analysis.evaluation import (
         format_table,
         prediction_records,
         score_run,
         summarize,
         with_data,
     )
+    from emovlm_kd.apps.report.plots import require_matplotlib
+    from emovlm_kd.config import STAGES
+    from emovlm_kd.errors import UserError
     from emovlm_kd.io import atomic_write_text, write_json
     from emovlm_kd.run import Run
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     efficiency = None
     if args.efficiency:
-        from emovlm_kd.efficiency import run_efficiency
+        from emovlm_kd.analysis.measure import run_efficiency
 
         efficiency = run_efficiency(trained, scores.samples)
         write_json(out / "efficiency.json", efficiency)
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(metrics))
     print(format_complementarity(metrics))
     if efficiency:
+        from emovlm_kd.apps.report.tables import format_efficiency
+
         print(format_efficiency(efficiency))
     for path in written:
         print(f"wrote {path}")
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_complementarity(metrics: dict) -> str:
-    from emovlm_kd.evaluation import MODEL_TITLES
+    from emovlm_kd.analysis.evaluation import MODEL_TITLES
 
     lines = []
     for pair in metrics["complementarity"].values():
@@ -123,12 +125,3 @@ def format_complementarity(metrics: dict) -> str:
         )
     return "\n".join(lines)
 
-
-def format_efficiency(efficiency: dict) -> str:
-    from emovlm_kd import efficiency as cost
-    from emovlm_kd.apps.report.document import Table, to_text
-
-    lines = [to_text(Table(cost.PAPER_SCALE_HEADER, cost.paper_scale_rows(efficiency["paper_scale"])))]
-    lines += cost.paper_scale_notes(efficiency["paper_scale"])
-    lines.append(to_text(Table(cost.MEASURED_HEADER, cost.measured_rows(efficiency["measured"]))))
-    return "\n".join(lines)

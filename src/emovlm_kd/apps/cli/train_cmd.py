@@ -18,8 +18,8 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.analysis.evaluation import format_table
     from emovlm_kd.config import load_config
-    from emovlm_kd.evaluation import format_table
     from emovlm_kd.train import train
 
     config = load_config(args.config, args.overrides)

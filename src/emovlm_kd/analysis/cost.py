@@ -1,4 +1,4 @@
-"""What EmoVLM-KD costs: parameters and FLOPs at the paper's scale, and measured latency.
+"""What EmoVLM-KD costs at the paper's scale: parameters and FLOPs per image.
 
 Paper scale needs no weights: Qwen2-VL-7B-Instruct and ViT-B/16-384 are built from their
 published config values on the meta device (shapes only, no memory), so parameter counts
@@ -17,16 +17,11 @@ tokens follow in the same pass, side by side, each answer seeing only the prompt
 
 from __future__ import annotations
 
-import contextlib
-import os
-import statistics
-import sys
-import time
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
+from emovlm_kd.analysis.paper_results import PAPER_HEAD_SHARE
 from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.published_configs import (
     PAPER_TEACHER_NAME,
@@ -35,15 +30,6 @@ from emovlm_kd.models.published_configs import (
     paper_teacher,
     paper_vlm,
 )
-
-# The share of the VLM's parameters the paper quotes for its head.
-PAPER_HEAD_SHARE = 0.003 / 100
-
-
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, in their own dtypes."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def linear_macs(module: nn.Module) -> int:
@@ -222,199 +208,3 @@ def paper_scale(workload: Workload = Workload(), head_depth: int = 1, gate_varia
             "gflops": (teacher_flops - head_flops - gate_flops) / 1e9,
         },
     }
-
-
-def paper_scale_notes(table: dict) -> list[str]:
-    """The assumptions and the remarks that belong under the table, as sentences."""
-    workload = table["workload"]
-    saved = table["saved_vs_deploying_both"]
-    both = next(row for row in table["rows"] if row["key"] == "vlm_and_teacher")
-    return [
-        f"FLOPs per image for a {workload['image_size']}x{workload['image_size']} image "
-        f"({table['image_tokens']} visual tokens), a {workload['prompt_tokens']}-token prompt and "
-        f"{workload['num_labels']} answers scored exactly in one pass; FLOPs = 2 x multiply-accumulates "
-        "of linear and convolution layers plus dense attention; norms and activations left out.",
-        f"The depth-{table['head_depth']} head is {100 * table['head_share_of_vlm']:.3f}% of the VLM's parameters; "
-        f"the paper's {100 * table['paper_head_share']:.3f}% does not match a head with a 1024-wide hidden layer "
-        f"on the {table['visual_width']}-dim visual tokens.",
-        f"Against deploying the VLM and the ViT together, EmoVLM-KD saves {saved['parameters'] / 1e6:.1f}M parameters "
-        f"({100 * saved['parameters'] / both['parameters']:.2f}%) and {saved['gflops']:.1f} GFLOPs per image "
-        f"({100 * saved['gflops'] / both['gflops']:.2f}%).",
-    ]
-
-
-def format_count(count: int) -> str:
-    """8291375616 -> '8.29B', 3679240 -> '3.68M', 136 -> '136'."""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.2f}{unit}"
-    return str(count)
-
-
-def format_share(share: float) -> str:
-    """1.0104 -> '101.04%', 0.000444 -> '0.04437%', 1.6e-8 -> '1.6e-06%'."""
-    percent = 100 * share
-    if percent >= 1:
-        return f"{percent:.2f}%"
-    return f"{percent:.4g}%" if percent >= 1e-3 else f"{percent:.1e}%"
-
-
-def paper_scale_rows(table: dict) -> list[list[str]]:
-    """The table as text cells: model, parameters, share of the VLM, GFLOPs per image."""
-    return [
-        [
-            ("  of which: " if row["part_of"] else "") + row["name"],
-            f"{format_count(row['parameters'])} ({row['parameters']:,})",
-            format_share(row["share_of_vlm"]),
-            f"{row['gflops']:,.2f}",
-        ]
-        for row in table["rows"]
-    ]
-
-
-PAPER_SCALE_HEADER = ["model", "parameters", "of the VLM", "GFLOPs / image"]
-
-
-# ---- measured on the run's own models -----------------------------------------------------
-
-
-def peak_allocation(function, item, device: torch.device) -> int:
-    """Bytes `function(item)` allocates at its peak beyond what was allocated before it.
-
-    On a GPU: the CUDA allocator's own statistics. On a CPU: torch's profiler records every
-    allocation and free of each operator; the peak of their running sum, in time order.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        function(item)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        function(item)
-    changes = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage)
-        for event in profiler.events()
-        if event.self_cpu_memory_usage
-    )
-    running = peak = 0
-    for _, change in changes:
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    # The profiler's native tracer prints start/stop lines straight to file descriptor 2.
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def median_latency(function, items: list, device: torch.device) -> float:
-    """Median seconds of one `function(item)` call per item, after a warm-up call."""
-    function(items[0])
-    seconds = []
-    for item in items:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function(item)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def run_efficiency(run, samples: list, images: int = 4, image_size: int = 448) -> dict:
-    """The paper-scale table for the run's taxonomy, head and gate, and measurements of the
-    run's own models on up to `images` of `samples`."""
-    from emovlm_kd.pipeline import EmoVLMKD
-
-    model = EmoVLMKD.from_pretrained(run.directory)
-    workload = workload_for(model.adapter, model.taxonomy, image_size)
-    return {
-        "paper_scale": paper_scale(workload, model.head.config.depth, model.gate.config.variant),
-        "measured": dict(measure_model(model, run, samples[:images]), preset=run.config.preset),
-    }
-
-
-def measure_model(model, run, samples: list) -> dict:
-    """Latency per image (batch 1, median) and memory of a loaded EmoVLM-KD and the run's
-    teacher, deployed three ways: the VLM alone, the VLM and the teacher, and EmoVLM-KD."""
-    from emovlm_kd.models.teacher import load_teacher
-    from emovlm_kd.run import load_rgb
-
-    adapter = model.adapter
-    device = adapter.device
-    teacher, processor = load_teacher(str(run.require("teacher")), model.taxonomy.labels)
-    teacher = teacher.to(device).eval()
-    pictures = [load_rgb(sample.path) for sample in samples]
-
-    @torch.no_grad()
-    def vlm_alone(image):
-        adapter.answer_logprobs(adapter.encode([image], [model.prompt]), model.answers)
-
-    @torch.no_grad()
-    def teacher_alone(image):
-        teacher(pixel_values=processor(images=[image], return_tensors="pt")["pixel_values"].to(device))
-
-    def both(image):
-        vlm_alone(image)
-        teacher_alone(image)
-
-    parts = {"vlm": adapter.model, "teacher": teacher, "head": model.head, "gate": model.gate}
-    deployments = {
-        "vlm": (vlm_alone, ("vlm",)),
-        "vlm_and_teacher": (both, ("vlm", "teacher")),
-        "emovlm_kd": (lambda image: model.predict_images([image]), ("vlm", "head", "gate")),
-    }
-    rows = {}
-    for name, (function, used) in deployments.items():
-        rows[name] = {
-            "parameters": sum(count_parameters(parts[part]) for part in used),
-            "weights_mib": sum(weight_bytes(parts[part]) for part in used) / 2**20,
-            "latency_ms": 1000 * median_latency(function, pictures, device),
-            "activations_mib": peak_allocation(function, pictures[0], device) / 2**20,
-        }
-    return {
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "images": len(pictures),
-        "memory_method": "CUDA allocator peak"
-        if device.type == "cuda"
-        else "torch profiler, allocations in time order",
-        "deployments": rows,
-    }
-
-
-MEASURED_TITLES = {"vlm": "VLM alone", "vlm_and_teacher": "VLM + teacher together", "emovlm_kd": "EmoVLM-KD"}
-
-
-def measured_rows(measured: dict) -> list[list[str]]:
-    rows = []
-    for name, row in measured["deployments"].items():
-        rows.append(
-            [
-                MEASURED_TITLES[name],
-                format_count(row["parameters"]),
-                f"{row['weights_mib']:.1f}",
-                f"{row['activations_mib']:.1f}",
-                f"{row['weights_mib'] + row['activations_mib']:.1f}",
-                f"{row['latency_ms']:.1f}",
-            ]
-        )
-    return rows
-
-
-MEASURED_HEADER = ["deployment", "parameters", "weights MiB", "activations MiB", "peak MiB", "latency ms / image"]
