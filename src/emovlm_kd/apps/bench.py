@@ -439,15 +439,3 @@ def _machine(device: torch.device, dtype: torch.dtype) -> dict:
 
 def _meets(value: float, op: str, target: float) -> bool:
     return value >= target if op == ">=" else value <= target
-
-
-def format_bench(result: dict) -> str:
-    lines = [f"{'figure':<32} {'value':>10}  target"]
-    for key in TARGETS:
-        target = result["targets"][key]
-        lines.append(f"{key:<32} {result[key]:>10.2f}  {target['target']} ({'met' if target['met'] else 'NOT met'})")
-    lines.append(f"{'memory_ratio_vs_dual':<32} {result['memory_ratio_vs_dual']:>10.2f}  (reported)")
-    lines.append(f"{'head_gate_param_overhead_pct':<32} {result['head_gate_param_overhead_pct']:>10.3f}  (reported)")
-    lines.append(f"{'images_per_second (best batch)':<32} {result['images_per_second_best']:>10.2f}  "
-                 f"(batch {result['best_batch_size']})")
-    return "\n".join(lines)

@@ -17,7 +17,7 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.analysis.evaluation import format_table
+    from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config
     from emovlm_kd.data.sample import build_sample_dataset
     from emovlm_kd.train import train

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from emovlm_kd.analysis.evaluation import MODEL_TITLES, MODELS
+from emovlm_kd.analysis.evaluation import MODELS
 from emovlm_kd.apps.report import plots, tables
 from emovlm_kd.apps.report.document import Block, Figure, Heading, Table, Text, percent
+from emovlm_kd.apps.report.tables import MODEL_TITLES
 from emovlm_kd.models.published_configs import PAPER_TEACHER_NAME, PAPER_VLM_NAME
 
 
