@@ -77,7 +77,8 @@ def workload_for(adapter, taxonomy, image_size: int = 448) -> Workload:
     from emovlm_kd.prompts import classification_answer, classification_prompt
 
     inputs = adapter.encode([Image.new("RGB", (56, 56))], [classification_prompt(taxonomy)])
-    prompt_tokens = int((inputs["mm_token_type_ids"] == 0).sum())
+    text_tokens, _ = adapter.token_counts(inputs)
+    prompt_tokens = int(text_tokens[0])
     answers, shared = adapter.scored_answer_ids([classification_answer(label) for label in taxonomy.labels])
     return Workload(
         image_size=image_size,
