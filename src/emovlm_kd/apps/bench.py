@@ -11,7 +11,8 @@ Our way: exact label scoring from one shared visual pass, batched, with caches.
 Every figure is a ratio of two timings taken in the same process on the same inputs. The
 inference ratios time the two ways batch by batch, back to back, and keep the median over
 several runs, so a shared, noisy machine still gives stable numbers. Weights are random:
-speed does not depend on what a model has learnt.
+speed does not depend on what a model has learnt. Timings and memory are taken as
+`emovlm_kd.analysis.measure` takes them, for `evaluate --efficiency` too.
 """
 
 from __future__ import annotations
