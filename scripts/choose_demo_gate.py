@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from emovlm_kd.ablation import cached_tensors
+from emovlm_kd.analysis.ablation import cached_tensors
 from emovlm_kd.models.head import DistillHead
 from emovlm_kd.run import Run
 from emovlm_kd.stages.gate import train_gate_module

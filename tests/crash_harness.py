@@ -23,8 +23,8 @@ import sys
 
 from emovlm_kd import cache
 from emovlm_kd import run as run_module
-from emovlm_kd.stages.registry import Stage
 from emovlm_kd.apps import cli
+from emovlm_kd.stages.registry import Stage
 
 # Small shards, so a kill while filling a cache leaves some finished and some not.
 FLUSH_EVERY = 4

@@ -36,7 +36,7 @@ def fast_config(manifest: Path, cache: Path, *overrides):
 
 def train_and_evaluate(config, out: Path, **options):
     """`emovlm-kd train` as a function: the stages, then the test metrics of a finished run."""
-    from emovlm_kd.evaluation import evaluate_finished_run
+    from emovlm_kd.analysis.evaluation import evaluate_finished_run
     from emovlm_kd.stages.runner import train
 
     run = train(config, out, **options)

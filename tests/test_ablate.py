@@ -5,7 +5,7 @@ import json
 
 from test_pipeline import cli
 
-from emovlm_kd.ablation import plan
+from emovlm_kd.analysis.ablation import plan
 
 
 def fingerprint(folder):

@@ -45,7 +45,7 @@ def test_bad_bench_arguments_say_what_is_wrong(capsys):
 
 def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):
     """The ratio is taken over pairs run one right after the other, in alternating order."""
-    import emovlm_kd.apps.bench as bench
+    from emovlm_kd.analysis import measure
 
     clock, calls = [0.0], []
 
@@ -56,8 +56,8 @@ def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
-    ratio, first, second = bench.paired_ratio(way("a", 3.0), way("b", 1.5), [[1, 2], [3, 4], [5]], repeats=3)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+    ratio, first, second = measure.paired_ratio(way("a", 3.0), way("b", 1.5), [[1, 2], [3, 4], [5]], repeats=3)
     assert ratio == 2.0 and first == 3.0 and second == 1.5
     timed = calls[2:]  # after one warm-up call of each
     pairs = [timed[i : i + 2] for i in range(0, len(timed), 2)]

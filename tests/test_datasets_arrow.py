@@ -6,14 +6,13 @@ from pathlib import Path
 
 import datasets
 import pytest
+from fast_runs import fast_config, subset_manifest, train_and_evaluate
 from PIL import Image
 
 from emovlm_kd.apps import cli
 from emovlm_kd.data import load_dataset
 from emovlm_kd.data.arrow_datasets import IMAGES_FOLDER
 from emovlm_kd.errors import UserError
-
-from fast_runs import fast_config, subset_manifest, train_and_evaluate
 
 NAMES = ["sad", "Content", "Amusement"]
 

@@ -22,7 +22,7 @@ def test_demo_trains_every_stage_and_the_fusion_works(tmp_path, capsys):
     assert (tmp_path / "runs" / "sample" / "annotations.jsonl").is_file()
 
     # The claims, on val (the test split stays for the README's table).
-    from emovlm_kd.evaluation import evaluate_run
+    from emovlm_kd.analysis.evaluation import evaluate_run
     from emovlm_kd.run import Run
 
     run = Run.open(out)

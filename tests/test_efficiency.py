@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from emovlm_kd.efficiency import (
+from emovlm_kd.analysis.cost import (
     Workload,
     paper_scale,
     qwen2_vl_flops,
@@ -16,6 +16,8 @@ from emovlm_kd.efficiency import (
     workload_for,
 )
 from emovlm_kd.labels import get_taxonomy
+from emovlm_kd.models.registry import load_vlm, offline_preset_for
+from emovlm_kd.models.vlm import ADAPTERS
 from emovlm_kd.prompts import classification_answer, classification_prompt
 
 
@@ -54,6 +56,35 @@ def test_paper_scale_flops_are_plausible(fi_scale):
 
 def test_workload_counts_the_real_prompt(tiny_adapter):
     assert workload_for(tiny_adapter, get_taxonomy("mikels8")) == Workload()
+
+
+@pytest.mark.parametrize("family", list(ADAPTERS))
+def test_every_family_counts_text_and_visual_tokens(family):
+    """`workload_for` works for every family: the adapter says which tokens are visual."""
+    adapter = load_vlm(offline_preset_for(family), seed=0)
+    taxonomy = get_taxonomy("mikels8")
+    image = Image.new("RGB", (56, 56), "gray")
+    prompt = classification_prompt(taxonomy)
+    inputs = adapter.encode([image], [prompt])
+    text, visual = adapter.token_counts(inputs)
+    # Visual: as many as the visual encoder hands the language model for the image (image
+    # delimiters and tile tags are not among them) ...
+    encoded = sum(len(tokens) for tokens in adapter.visual_tokens(inputs).per_image)
+    assert visual.tolist() == [encoded]
+    # ... text: the rest of the prompt as the tokenizer writes it.
+    image_text = adapter.image_texts(adapter.process_images([image]))[0]
+    written = len(adapter.tokenizer(adapter.prompt_text(prompt, image_text)).input_ids)
+    assert text.tolist() == [written - encoded]
+    workload = workload_for(adapter, taxonomy)
+    assert (workload.prompt_tokens, workload.num_labels) == (text.item(), 8)
+    answers, shared = adapter.scored_answer_ids([classification_answer(label) for label in taxonomy.labels])
+    assert workload.scored_positions == sum(len(ids) - shared - 1 for ids in answers)
+    # Padding is neither: beside a longer prompt, a shorter one keeps its own counts.
+    short = classification_prompt(get_taxonomy("sentiment2"))
+    short_text, short_visual = adapter.token_counts(adapter.encode([image], [short]))
+    batch_text, batch_visual = adapter.token_counts(adapter.encode([image, image], [prompt, short]))
+    assert batch_text.tolist() == [text.item(), short_text.item()] and short_text.item() < text.item()
+    assert batch_visual.tolist() == [encoded, short_visual.item()]
 
 
 @pytest.mark.parametrize("taxonomy", ["mikels8", "sentiment2"])

@@ -7,10 +7,10 @@ import torch
 import yaml
 
 from emovlm_kd import EmoVLMKD
+from emovlm_kd.analysis.evaluation import MODELS
 from emovlm_kd.apps.cli import main
-from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import MODELS
 from emovlm_kd.apps.export import export_run, shareable_config
+from emovlm_kd.errors import UserError
 from emovlm_kd.io import read_json, write_json
 from emovlm_kd.run import Run
 

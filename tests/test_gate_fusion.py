@@ -98,7 +98,7 @@ def test_agreement_below_the_threshold_is_left_to_the_gate():
 def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
     """The property on a trained run's val and test images: where head and VLM agree with
     confidence >= 0.8 each, the fused label is theirs."""
-    from emovlm_kd.evaluation import agreement_kept, score_run
+    from emovlm_kd.analysis.evaluation import agreement_kept, score_run
     from emovlm_kd.run import Run
 
     run = Run.open(trained[0])
@@ -107,7 +107,7 @@ def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
 
 
 def test_agreement_is_counted_for_the_report():
-    from emovlm_kd.evaluation import agreement_kept
+    from emovlm_kd.analysis.evaluation import agreement_kept
 
     head = torch.tensor([[0.9, 0.1], [0.85, 0.15], [0.6, 0.4], [0.1, 0.9]])
     vlm = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.9, 0.1], [0.8, 0.2]])

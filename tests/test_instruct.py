@@ -40,10 +40,10 @@ def test_keeping_only_answer_logits_leaves_the_loss_unchanged(tiny_adapter):
 # towers have attention projections of their own that LoRA must leave alone.
 @pytest.mark.parametrize("preset", ["tiny", "tiny-smolvlm"])
 def test_lora_targets_the_language_model_attention_only(preset):
+    from peft.tuners.lora import LoraLayer
+
     from emovlm_kd.config import InstructStageConfig
     from emovlm_kd.models.registry import get_preset, load_vlm
-
-    from peft.tuners.lora import LoraLayer
 
     adapter = load_vlm(get_preset(preset), seed=0)
     model = apply_lora(adapter, InstructStageConfig(), quantized=False)

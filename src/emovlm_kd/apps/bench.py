@@ -11,25 +11,22 @@ Our way: exact label scoring from one shared visual pass, batched, with caches.
 Every figure is a ratio of two timings taken in the same process on the same inputs. The
 inference ratios time the two ways batch by batch, back to back, and keep the median over
 several runs, so a shared, noisy machine still gives stable numbers. Weights are random:
-speed does not depend on what a model has learnt.
+speed does not depend on what a model has learnt. Timings and memory are taken as
+`emovlm_kd.analysis.measure` takes them, for `evaluate --efficiency` too.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import re
-import statistics
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from emovlm_kd.analysis.measure import deployment_memory, elapsed, median_time, memory_method, paired_ratio
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.prompts import classification_answer, classification_prompt
 
 TARGETS = {
@@ -72,34 +69,10 @@ def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
     return images
 
 
-def _synchronize() -> None:
-    # GPU work is asynchronous: a timing ends when the device has finished.
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_time(function, repeats: int, warm_up: bool = True) -> float:
-    """Median wall time of `function()` over `repeats` runs, after one warm-up run."""
-    if warm_up:
-        function()
-    times = []
-    for _ in range(repeats):
-        _synchronize()
-        started = time.perf_counter()
-        function()
-        _synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 class Models:
-    """The preset's VLM with a (random) head, gate and teacher, as a run would hold them.
+    """The preset's VLM with a (random) head, gate and teacher, as a run would hold them."""
 
-    `parts` chooses what is built: a deployment holds only its own models.
-    """
-
-    def __init__(self, preset_name: str, seed: int, device: torch.device | str = "cpu",
-                 parts: tuple[str, ...] = ("head", "gate", "teacher")):
+    def __init__(self, preset_name: str, seed: int, device: torch.device | str = "cpu"):
         from emovlm_kd.labels import EMOTION6
         from emovlm_kd.models.gate import Gate, GateConfig
         from emovlm_kd.models.head import DistillHead, HeadConfig
@@ -115,16 +88,12 @@ class Models:
         adapter.model.to(self.device)
         self.taxonomy = EMOTION6
         self.adapter = adapter
-        self.head = self.gate = self.teacher = None
-        if "head" in parts:
-            head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
-            self.head = head.to(self.device).eval()
-        if "gate" in parts:
-            self.gate = Gate(GateConfig(num_labels=len(EMOTION6))).to(self.device).eval()
-        self.pipeline = EmoVLMKD(adapter, self.head, self.gate, EMOTION6) if self.head and self.gate else None
-        if "teacher" in parts:
-            teacher, self.teacher_processor = load_teacher(preset.teacher, EMOTION6.labels, seed=seed)
-            self.teacher = teacher.to(self.device, self.dtype).eval()
+        head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
+        self.head = head.to(self.device).eval()
+        self.gate = Gate(GateConfig(num_labels=len(EMOTION6))).to(self.device).eval()
+        self.pipeline = EmoVLMKD(adapter, self.head, self.gate, EMOTION6)
+        teacher, self.teacher_processor = load_teacher(preset.teacher, EMOTION6.labels, seed=seed)
+        self.teacher = teacher.to(self.device, self.dtype).eval()
         self.preset = preset
         self.prompt = classification_prompt(EMOTION6)
         self.answers = [classification_answer(label) for label in EMOTION6.labels]
@@ -198,8 +167,8 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     count, repeats = len(images), config.repeats
     per_image = {}
     for batch_size in config.batch_sizes:
-        batches = _batches(images, batch_size)
-        per_image[f"ours_batch{batch_size}"] = median_time(lambda: [ours(b) for b in batches], repeats) / count
+        every_batch = _over(ours, _batches(images, batch_size))
+        per_image[f"ours_batch{batch_size}"] = median_time([every_batch] * repeats) / count
     best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
     speedup1, per_image["reference_batch1"], per_image["ours_batch1"] = paired_ratio(
         reference, ours, _batches(images, 1), repeats)
@@ -219,31 +188,9 @@ def _batches(images: list, size: int) -> list[list]:
     return [images[start : start + size] for start in range(0, len(images), size)]
 
 
-def paired_ratio(first, second, batches: list[list], repeats: int) -> tuple[float, float, float]:
-    """The time of `first(batch)` over that of `second(batch)` for all batches, timed in pairs.
-
-    Each batch is run both ways one right after the other (which goes first alternates), so
-    the two timings of a pair see the same state of a shared, noisy machine. Returns the
-    median over repeats of the ratio, and each way's median time per image.
-    """
-    ways = (first, second)
-    for way in ways:  # warm-up
-        way(batches[0])
-    ratios, totals = [], ([], [])
-    for repeat in range(repeats):
-        spent = [0.0, 0.0]
-        for index, batch in enumerate(batches):
-            for which in ((0, 1) if (repeat + index) % 2 == 0 else (1, 0)):
-                _synchronize()
-                started = time.perf_counter()
-                ways[which](batch)
-                _synchronize()
-                spent[which] += time.perf_counter() - started
-        ratios.append(spent[0] / spent[1])
-        totals[0].append(spent[0])
-        totals[1].append(spent[1])
-    count = sum(len(batch) for batch in batches)
-    return statistics.median(ratios), statistics.median(totals[0]) / count, statistics.median(totals[1]) / count
+def _over(function, batches: list[list]):
+    """One call that runs `function` on every batch in turn."""
+    return lambda: [function(batch) for batch in batches]
 
 
 def training_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
@@ -303,8 +250,8 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
 
     # One run each, no warm-up (the inference figures warmed every model up): the
     # reference takes minutes, and its epochs repeat identical work.
-    reference_seconds = median_time(reference, 1, warm_up=False)
-    ours_seconds = median_time(ours, 1, warm_up=False)
+    reference_seconds = elapsed(reference)
+    ours_seconds = elapsed(ours)
     return {
         "train_images": len(images),
         "reference_seconds": reference_seconds,
@@ -313,89 +260,38 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
     }
 
 
-_MEMORY_PROBE = """
-import json, sys, torch
-from emovlm_kd.apps.bench import measure_deployment_memory
-print(json.dumps(measure_deployment_memory(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
-"""
-# What each deployment holds: EmoVLM-KD is the VLM with the head and the gate; the
-# alternative is the VLM and the teacher side by side.
-DEPLOYMENTS = {"emovlm_kd": ("head", "gate"), "dual": ("teacher",)}
+def memory_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
+    """Peak memory of EmoVLM-KD classifying one batch against the VLM and the teacher deployed
+    together: each deployment's weights plus the peak of the tensors the batch allocates
+    (the CUDA allocator's on a GPU, torch's profiler's on a CPU; see `analysis.measure`)."""
+    batch = images[: max(config.batch_sizes)]
+    vlm = models.adapter.model
 
+    @torch.no_grad()
+    def emovlm_kd():
+        models.pipeline.predict_images(batch)
 
-def _resident_peak_mb() -> float:
-    """This process's peak resident memory so far (VmHWM), in MB."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:  # not Linux: the peak since the process started
-        status = ""
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
+    @torch.no_grad()
+    def dual():
+        inputs = models.adapter.encode(batch, [models.prompt] * len(batch))
+        models.adapter.answer_logprobs(inputs, models.answers, include_shared=False).softmax(-1)
+        models.teacher_logits(batch).softmax(-1)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_resident_peak() -> bool:
-    """Start VmHWM again from the current resident memory (Linux); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def measure_deployment_memory(mode: str, preset: str, device: str, count: int) -> dict:
-    """Peak memory of one deployment classifying `count` images, in this process: its models
-    loaded, then the peak counted from there (so building them, which briefly needs more,
-    is not counted), weights included."""
-    models = Models(preset, 0, device=device, parts=DEPLOYMENTS[mode])
-    images = bench_images(count, 1)
-    on_gpu = models.device.type == "cuda"
-    if on_gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        _reset_resident_peak()
-    with torch.no_grad():
-        if mode == "emovlm_kd":
-            models.pipeline.predict_images(images)
-        else:
-            inputs = models.adapter.encode(images, [models.prompt] * len(images))
-            models.adapter.answer_logprobs(inputs, models.answers, include_shared=False).softmax(-1)
-            models.teacher_logits(images).softmax(-1)
-    if on_gpu:
-        torch.cuda.synchronize()
-        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "kind": "GPU memory allocated"}
-    return {"peak_mb": _resident_peak_mb(), "kind": "resident memory (VmHWM)"}
-
-
-def memory_figures(models: Models, config: BenchConfig) -> dict:
-    """Peak memory of EmoVLM-KD inference vs the VLM and the teacher deployed together, each
-    measured in a fresh process that builds only that deployment's models (peak resident
-    memory on CPU, peak allocated GPU memory on a GPU)."""
-    peaks, kind = {}, None
-    for mode in DEPLOYMENTS:
-        result = subprocess.run(
-            [sys.executable, "-c", _MEMORY_PROBE, mode, config.preset, str(models.device),
-             str(min(config.images, max(config.batch_sizes)))],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"the memory probe failed: {result.stderr.strip()[-2000:]}")
-        measured = json.loads(result.stdout.strip().splitlines()[-1])
-        peaks[mode], kind = measured["peak_mb"], measured["kind"]
-    vlm_params = sum(p.numel() for p in models.adapter.model.parameters())
-    overhead = sum(p.numel() for p in models.head.parameters()) + sum(p.numel() for p in models.gate.parameters())
+    # What each deployment holds: EmoVLM-KD is the VLM with the head and the gate; the
+    # alternative is the VLM and the teacher side by side.
+    deployments = {"emovlm_kd": (emovlm_kd, [vlm, models.head, models.gate]), "dual": (dual, [vlm, models.teacher])}
+    peaks = {}
+    for name, (function, modules) in deployments.items():
+        memory = deployment_memory(function, modules, models.device)
+        peaks[name] = memory["weights_mib"] + memory["activations_mib"]
+    vlm_params = count_parameters(vlm)
+    overhead = count_parameters(models.head) + count_parameters(models.gate)
     return {
         "peak_memory_mb": peaks,
-        "peak_memory_kind": kind,
+        "peak_memory_kind": f"weights + peak tensor allocation ({memory_method(models.device)})",
         "memory_ratio_vs_dual": peaks["emovlm_kd"] / peaks["dual"],
         "vlm_parameters": vlm_params,
-        "teacher_parameters": sum(p.numel() for p in models.teacher.parameters()),
+        "teacher_parameters": count_parameters(models.teacher),
         "head_gate_parameters": overhead,
         "head_gate_param_overhead_pct": 100 * overhead / vlm_params,
     }
@@ -411,13 +307,13 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
     device = config.resolved_device()
     models = Models(config.preset, config.seed, device=device)
     images = bench_images(config.images, config.seed)
-    parameters = sum(p.numel() for p in models.adapter.model.parameters())
+    parameters = count_parameters(models.adapter.model)
     progress(f"bench: {config.preset} preset, {parameters / 1e6:,.0f}M parameters on {device} ({models.dtype}), "
              f"{config.images} images, {config.repeats} repeats, {config.threads} CPU threads")
     result = {"config": asdict(config), "machine": _machine(device, models.dtype)}
     parts = (("inference", lambda: inference_figures(models, images, config)),
              ("stage 2+3 training", lambda: training_figures(models, images[: config.train_images], config)),
-             ("memory", lambda: memory_figures(models, config)))
+             ("memory", lambda: memory_figures(models, images, config)))
     for name, measure in parts:
         progress(f"bench: {name} ...")
         result.update(measure())
@@ -438,15 +334,3 @@ def _machine(device: torch.device, dtype: torch.dtype) -> dict:
 
 def _meets(value: float, op: str, target: float) -> bool:
     return value >= target if op == ">=" else value <= target
-
-
-def format_bench(result: dict) -> str:
-    lines = [f"{'figure':<32} {'value':>10}  target"]
-    for key in TARGETS:
-        target = result["targets"][key]
-        lines.append(f"{key:<32} {result[key]:>10.2f}  {target['target']} ({'met' if target['met'] else 'NOT met'})")
-    lines.append(f"{'memory_ratio_vs_dual':<32} {result['memory_ratio_vs_dual']:>10.2f}  (reported)")
-    lines.append(f"{'head_gate_param_overhead_pct':<32} {result['head_gate_param_overhead_pct']:>10.3f}  (reported)")
-    lines.append(f"{'images_per_second (best batch)':<32} {result['images_per_second_best']:>10.2f}  "
-                 f"(batch {result['best_batch_size']})")
-    return "\n".join(lines)

@@ -12,9 +12,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from emovlm_kd.apps.report.tables import format_table
 from emovlm_kd.config import RunConfig
 from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import format_table
 from emovlm_kd.io import atomic_dir, atomic_write_text, read_json, write_json
 from emovlm_kd.models.registry import OFFLINE_PREFIX, PRESETS
 from emovlm_kd.pipeline import is_hub_id

@@ -22,14 +22,6 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from emovlm_kd.errors import UserError
-from emovlm_kd.images import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    is_image_file,
-    load_image,
-    verify_image,
-)
 from emovlm_kd.data.layouts import (
     LAYOUT_CLASS_FOLDERS,
     LAYOUT_MANIFEST,
@@ -41,6 +33,14 @@ from emovlm_kd.data.layouts import (
     SPLITS,
     Entry,
     is_hidden,
+)
+from emovlm_kd.errors import UserError
+from emovlm_kd.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    is_image_file,
+    load_image,
+    verify_image,
 )
 from emovlm_kd.labels import TAXONOMIES, Taxonomy, get_taxonomy, guess_taxonomy
 

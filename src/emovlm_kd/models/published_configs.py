@@ -1,17 +1,41 @@
-"""Published config values of hub VLMs (their config.json), for counting parameters offline.
+"""Published config values of hub models (their config.json), for counting parameters offline.
 
 Only sizes are kept: the fields that decide every weight's shape. A model is built from
-them on the meta device, so `emovlm-kd presets` can state a hub preset's size without a
-download. Each count was checked against the size its model card states.
+them on the meta device, so `emovlm-kd presets` can state a hub preset's size, and the
+efficiency tables the paper's models' sizes and FLOPs, without a download. Each count was
+checked against the size its model card states.
 """
 
 from __future__ import annotations
 
-from emovlm_kd.efficiency import QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION
+import torch
+from torch import nn
 
 # Qwen2-VL's multimodal rope split (time, height, width) of a 128-wide attention head.
 _QWEN_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
 
+# Qwen/Qwen2-VL-7B-Instruct, the paper's VLM.
+QWEN2_VL_7B_TEXT = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rope_parameters": _QWEN_ROPE,
+}
+QWEN2_VL_7B_VISION = {
+    "depth": 32,
+    "embed_dim": 1280,
+    "hidden_size": 3584,
+    "mlp_ratio": 4,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 QWEN2_VL_7B = {"text_config": QWEN2_VL_7B_TEXT, "vision_config": QWEN2_VL_7B_VISION, "tie_word_embeddings": False}
 
 QWEN2_VL_2B = {
@@ -39,3 +63,31 @@ LLAVA_1_5_7B = {
                       "projection_dim": 768},
     "tie_word_embeddings": False,
 }
+
+# google/vit-base-patch16-384 (ViT-B/16 at 384 px), the paper's teacher, less its head.
+VIT_B16_384_CONFIG = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "image_size": 384,
+    "patch_size": 16,
+}
+PAPER_VLM_NAME = "Qwen2-VL-7B-Instruct"
+PAPER_TEACHER_NAME = "ViT-B/16-384"
+
+
+def paper_vlm(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Qwen2-VL-7B-Instruct on the meta device: every parameter's shape, no memory, no download."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    with torch.device("meta"):
+        return Qwen2VLForConditionalGeneration(Qwen2VLConfig(**QWEN2_VL_7B)).to(dtype)
+
+
+def paper_teacher(num_labels: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """ViT-B/16-384 with a `num_labels`-way head, on the meta device."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    with torch.device("meta"):
+        return ViTForImageClassification(ViTConfig(num_labels=num_labels, **VIT_B16_384_CONFIG)).to(dtype)

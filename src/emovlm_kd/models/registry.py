@@ -17,11 +17,12 @@ import torch
 from emovlm_kd.errors import UserError
 from emovlm_kd.models import published_configs
 from emovlm_kd.models.dinov2_offline import DINOV2_VITS14, OFFLINE_DINOV2, offline_dinov2_folder
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.teacher import OFFLINE_EFFICIENTNET, RANDOM_VIT_B16_384
 
 OFFLINE_PREFIX = "offline:"
 # The paper's teacher, the default for every hub preset.
-VIT_B16_384 = "google/vit-base-patch16-384"
+VIT_B16_384_HUB_ID = "google/vit-base-patch16-384"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ PRESETS: dict[str, ModelPreset] = {
             name="paper",
             family="qwen2_vl",
             vlm="Qwen/Qwen2-VL-7B-Instruct",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="the paper's configuration: Qwen2-VL-7B-Instruct + ViT-B/16 at 384 px (GPU)",
             published_config=published_configs.QWEN2_VL_7B,
         ),
@@ -63,7 +64,7 @@ PRESETS: dict[str, ModelPreset] = {
             name="qwen2-vl-2b",
             family="qwen2_vl",
             vlm="Qwen/Qwen2-VL-2B-Instruct",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="Qwen2-VL-2B-Instruct + ViT-B/16 at 384 px, for a single smaller GPU",
             published_config=published_configs.QWEN2_VL_2B,
         ),
@@ -134,7 +135,7 @@ PRESETS: dict[str, ModelPreset] = {
             name="qwen2.5-vl-3b",
             family="qwen2_5_vl",
             vlm="Qwen/Qwen2.5-VL-3B-Instruct",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="Qwen2.5-VL-3B-Instruct + ViT-B/16 at 384 px",
             published_config=published_configs.QWEN2_5_VL_3B,
         ),
@@ -142,14 +143,14 @@ PRESETS: dict[str, ModelPreset] = {
             name="qwen3-vl-2b",
             family="qwen3_vl",
             vlm="Qwen/Qwen3-VL-2B-Instruct",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="Qwen3-VL-2B-Instruct + ViT-B/16 at 384 px",
         ),
         ModelPreset(
             name="llava-1.5-7b",
             family="llava",
             vlm="llava-hf/llava-1.5-7b-hf",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B) + ViT-B/16 at 384 px",
             published_config=published_configs.LLAVA_1_5_7B,
         ),
@@ -157,21 +158,21 @@ PRESETS: dict[str, ModelPreset] = {
             name="llava-onevision-0.5b",
             family="llava_onevision",
             vlm="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="LLaVA-OneVision-0.5B (SigLIP + Qwen2-0.5B, anyres tiles) + ViT-B/16 at 384 px",
         ),
         ModelPreset(
             name="smolvlm-256m",
             family="smolvlm",
             vlm="HuggingFaceTB/SmolVLM-256M-Instruct",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="SmolVLM-256M-Instruct + ViT-B/16 at 384 px, small enough for a CPU",
         ),
         ModelPreset(
             name="idefics3-8b",
             family="idefics3",
             vlm="HuggingFaceM4/Idefics3-8B-Llama3",
-            teacher=VIT_B16_384,
+            teacher=VIT_B16_384_HUB_ID,
             description="Idefics3-8B (SigLIP + Llama-3.1-8B) + ViT-B/16 at 384 px",
         ),
         *(
@@ -280,7 +281,7 @@ def vlm_parameters(preset: ModelPreset) -> int | None:
         config = config_class(**preset.published_config)
     else:
         return None
-    return adapter_class.count_parameters(config)
+    return count_parameters(adapter_class.meta_model(config))
 
 
 def _load_vision_weights(adapter, name: str) -> None:

@@ -23,6 +23,7 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from emovlm_kd.errors import UserError
+from emovlm_kd.models.published_configs import VIT_B16_384_CONFIG
 
 OFFLINE_EFFICIENTNET = "offline:efficientnet-lite0"
 # ViT-B/16 at 384 px with random weights: the paper teacher's size, for benchmarks offline.
@@ -175,12 +176,12 @@ def _random_vit(labels: tuple[str, ...], seed: int):
     from transformers import ViTConfig, ViTForImageClassification
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-    # google/vit-base-patch16-384's shapes (ViTConfig's defaults are ViT-B/16).
-    config = ViTConfig(image_size=384, patch_size=16, **_label_maps(labels))
+    config = ViTConfig(**VIT_B16_384_CONFIG, **_label_maps(labels))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTForImageClassification(config)
-    return model, ViTImageProcessorPil(size={"height": 384, "width": 384})
+    side = config.image_size
+    return model, ViTImageProcessorPil(size={"height": side, "width": side})
 
 
 def load_teacher(name_or_path: str, labels: tuple[str, ...], seed: int = 0):

@@ -17,6 +17,7 @@ from emovlm_kd import distributed
 from emovlm_kd.losses import distillation_loss
 from emovlm_kd.models.configs import HeadConfig
 from emovlm_kd.models.head import DistillHead
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.models.tuned import TunedVLM
 from emovlm_kd.run import Run
@@ -75,7 +76,7 @@ def train(run: Run) -> dict:
         return finish_stage(run, "distill", {})
     tracker = EpochTracker(run.config.report_to, run.directory, "distill", dataclasses.asdict(config))
     head, history = train_head(*train_rows, config, run.config.seed, on_epoch=tracker.log)
-    metrics = {"parameters": sum(p.numel() for p in head.parameters()), "train_rows": len(train_rows[0]),
+    metrics = {"parameters": count_parameters(head), "train_rows": len(train_rows[0]),
                "history": history}
     with torch.no_grad():
         for split, values in features.items():

@@ -16,6 +16,7 @@ from transformers import Trainer
 
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
+from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.registry import load_vlm
 from emovlm_kd.models.tuned import resolve_method
 from emovlm_kd.prompts import (
@@ -175,7 +176,7 @@ def train(run: Run) -> dict:
     for module in adapter.vision_modules().values():
         module.requires_grad_(False)
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_parameters(model, trainable_only=True)
 
     reuse = VisualTokenReuse(adapter) if config.reuse_visual_tokens else None
 

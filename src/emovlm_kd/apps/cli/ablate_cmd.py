@@ -56,16 +56,10 @@ def parse_values(axis: str, text: str) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.ablation import AXES, DEFAULT_VALUES, ablate, plan, run_settings
+    from emovlm_kd.analysis.ablation import AXES, DEFAULT_VALUES, ablate, plan, run_settings
     from emovlm_kd.apps.report import plots
-    from emovlm_kd.apps.report.document import (
-        Figure,
-        Table,
-        Text,
-        percent,
-        to_markdown,
-        to_text,
-    )
+    from emovlm_kd.apps.report.document import Figure, Text, to_markdown, to_text
+    from emovlm_kd.apps.report.tables import ablation_table
     from emovlm_kd.io import atomic_path, atomic_write_text, write_json
     from emovlm_kd.run import Run
 
@@ -78,16 +72,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else trained.directory / "ablations"
 
     swept = ["grid"] if args.grid else [axis for axis in AXES if axis in values]
-    header = ["varied", *AXES, "head val", "head test", "EmoVLM-KD val", "EmoVLM-KD test"]
-    table = Table(
-        header,
-        [
-            [row["axis"] + (" (run)" if row["run_setting"] else "")]
-            + [str(row[axis]) for axis in AXES]
-            + [percent(row.get(key), 1) for key in ("head_val", "head_test", "fused_val", "fused_test")]
-            for row in rows
-        ],
-    )
+    table = ablation_table(rows)
     chart = plots.ablation_chart(rows, swept)
     notes = [
         f"Head trained on train with the run's distill settings (epochs {trained.config.distill.epochs}, "

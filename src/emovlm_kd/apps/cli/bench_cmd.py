@@ -20,7 +20,8 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.apps.bench import BenchConfig, format_bench, run_bench
+    from emovlm_kd.apps.bench import BenchConfig, run_bench
+    from emovlm_kd.apps.report.tables import format_bench
     from emovlm_kd.errors import UserError
     from emovlm_kd.io import atomic_write_text
     from emovlm_kd.models.registry import get_preset

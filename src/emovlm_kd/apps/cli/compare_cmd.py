@@ -35,27 +35,15 @@ def read_metrics(path: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emovlm_kd.apps.report.document import Table, to_text
-    from emovlm_kd.evaluation import MODEL_TITLES
-    from emovlm_kd.paper_results import PAPER_PRESET, comparison, metrics_dataset
+    from emovlm_kd.analysis.paper_results import PAPER_PRESET, comparison, metrics_dataset
+    from emovlm_kd.apps.report.document import to_text
+    from emovlm_kd.apps.report.tables import comparison_table
 
     metrics = read_metrics(Path(args.metrics))
     dataset = metrics_dataset(metrics, args.dataset)
     rows = comparison(metrics, dataset)
     print(f"dataset {dataset}, {metrics.get('split', '?')} split, {metrics.get('images', '?')} images")
-    table = Table(
-        ["model", "ours", "paper", "difference"],
-        [
-            [
-                MODEL_TITLES[row["model"]],
-                f"{row['ours']:.2f}%",
-                "—" if row["paper"] is None else f"{row['paper']:.2f}%",
-                "" if row["difference"] is None else f"{row['difference']:+.2f}",
-            ]
-            for row in rows
-        ],
-    )
-    print(to_text(table))
+    print(to_text(comparison_table(rows)))
     if all(row["paper"] is None for row in rows):
         print(f"The paper reports no accuracy on {dataset}; only ours is shown.")
     if metrics.get("split", "test") != "test":

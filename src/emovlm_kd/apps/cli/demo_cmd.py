@@ -17,9 +17,10 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.analysis.evaluation import evaluate_finished_run
+    from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config
     from emovlm_kd.data.sample import build_sample_dataset
-    from emovlm_kd.evaluation import evaluate_finished_run, format_table
     from emovlm_kd.stages.runner import train
 
     started = time.perf_counter()

@@ -47,15 +47,10 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.analysis.evaluation import prediction_records, score_run, summarize, with_data
     from emovlm_kd.apps.report.plots import require_matplotlib
+    from emovlm_kd.apps.report.tables import format_complementarity, format_efficiency, format_table
     from emovlm_kd.errors import UserError
-    from emovlm_kd.evaluation import (
-        format_table,
-        prediction_records,
-        score_run,
-        summarize,
-        with_data,
-    )
     from emovlm_kd.io import atomic_write_text, write_json
     from emovlm_kd.run import Run
     from emovlm_kd.stages.registry import STAGE_NAMES
@@ -79,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     efficiency = None
     if args.efficiency:
-        from emovlm_kd.efficiency import run_efficiency
+        from emovlm_kd.analysis.measure import run_efficiency
 
         efficiency = run_efficiency(trained, scores.samples)
         write_json(out / "efficiency.json", efficiency)
@@ -104,30 +99,3 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def format_complementarity(metrics: dict) -> str:
-    from emovlm_kd.evaluation import MODEL_TITLES
-
-    lines = []
-    for pair in metrics["complementarity"].values():
-        first, second = MODEL_TITLES[pair["first"]], MODEL_TITLES[pair["second"]]
-        fractions = pair["fractions"]
-        recovered = "n/a" if pair["gap_recovered"] is None else f"{100 * pair['gap_recovered']:.0f}%"
-        lines.append(
-            f"{first} / {second}: both right {100 * fractions['both_right']:.1f}%, only {first} "
-            f"{100 * fractions['only_first_right']:.1f}%, only {second} {100 * fractions['only_second_right']:.1f}%, "
-            f"both wrong {100 * fractions['both_wrong']:.1f}%; oracle {100 * pair['oracle']:.1f}%, "
-            f"gate recovers {recovered} of the gap"
-        )
-    return "\n".join(lines)
-
-
-def format_efficiency(efficiency: dict) -> str:
-    from emovlm_kd import efficiency as cost
-    from emovlm_kd.apps.report.document import Table, to_text
-
-    lines = [to_text(Table(cost.PAPER_SCALE_HEADER, cost.paper_scale_rows(efficiency["paper_scale"])))]
-    lines += cost.paper_scale_notes(efficiency["paper_scale"])
-    lines.append(to_text(Table(cost.MEASURED_HEADER, cost.measured_rows(efficiency["measured"]))))
-    return "\n".join(lines)

@@ -11,17 +11,8 @@ def register(subparsers, help_text: str) -> None:
     parser.set_defaults(func=run)
 
 
-def format_count(count: int | None) -> str:
-    """12_345_678 -> '12.35M'; None -> 'unknown'."""
-    if count is None:
-        return "unknown"
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= scale:
-            return f"{count / scale:.2f}{suffix}"
-    return str(count)
-
-
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.apps.report.tables import format_count
     from emovlm_kd.data.datasets import DATASET_PRESETS
     from emovlm_kd.models.registry import list_presets, vlm_parameters
 

@@ -18,8 +18,9 @@ def register(subparsers, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emovlm_kd.analysis.evaluation import evaluate_finished_run
+    from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config
-    from emovlm_kd.evaluation import evaluate_finished_run, format_table
     from emovlm_kd.stages.runner import train
 
     config = load_config(args.config, args.overrides)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from emovlm_kd import efficiency as cost
-from emovlm_kd.apps.report import plots
+from emovlm_kd.analysis.evaluation import MODELS
+from emovlm_kd.apps.report import plots, tables
 from emovlm_kd.apps.report.document import Block, Figure, Heading, Table, Text, percent
-from emovlm_kd.evaluation import MODEL_TITLES, MODELS
+from emovlm_kd.apps.report.tables import MODEL_TITLES
+from emovlm_kd.models.published_configs import PAPER_TEACHER_NAME, PAPER_VLM_NAME
 
 
 def summary_table(metrics: dict) -> Table:
@@ -95,12 +96,12 @@ def efficiency_blocks(efficiency: dict) -> list[Block]:
         Heading("Efficiency"),
         Heading("At the paper's scale (no weights loaded)", 3),
         Text(
-            f"{cost.PAPER_VLM_NAME} and {cost.PAPER_TEACHER_NAME} built from their published configs on the "
+            f"{PAPER_VLM_NAME} and {PAPER_TEACHER_NAME} built from their published configs on the "
             "meta device: exact parameter counts, analytic FLOPs."
         ),
-        Table(cost.PAPER_SCALE_HEADER, cost.paper_scale_rows(paper)),
+        Table(tables.PAPER_SCALE_HEADER, tables.paper_scale_rows(paper)),
     ]
-    blocks += [Text(note) for note in cost.paper_scale_notes(paper)]
+    blocks += [Text(note) for note in tables.paper_scale_notes(paper)]
     blocks += [
         Heading("Measured on this run's models", 3),
         Text(
@@ -108,7 +109,7 @@ def efficiency_blocks(efficiency: dict) -> list[Block]:
             f"over {measured['images']} test images after a warm-up; activations: {measured['memory_method']}. "
             "The VLM and teacher row runs both models one after the other, as deploying both would."
         ),
-        Table(cost.MEASURED_HEADER, cost.measured_rows(measured)),
+        Table(tables.MEASURED_HEADER, tables.measured_rows(measured)),
     ]
     return blocks
 

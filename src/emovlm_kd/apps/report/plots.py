@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.util
 import io
 
+from emovlm_kd.analysis.evaluation import MODELS
+from emovlm_kd.apps.report.tables import MODEL_TITLES
 from emovlm_kd.errors import UserError
-from emovlm_kd.evaluation import MODEL_TITLES, MODELS
 
 MODEL_COLOURS = {"teacher": "#d98c2b", "vlm": "#3a6ea5", "head": "#8a5fb0", "emovlm_kd": "#2e8b57"}
 CELL_COLOURS = {

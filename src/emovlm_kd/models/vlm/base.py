@@ -11,6 +11,7 @@ What the stages use (written once, here):
 - `visual_tokens(inputs)` -> `VisualTokens`: one visual-encoder pass; `.pooled()` is the head's input;
 - `answer_logprobs(inputs, answers, visual=None, include_shared=True)` and `scored_answer_ids`:
   exact label scoring, the prompt and image encoded once for all K answers;
+- `token_counts(inputs)`: how many text and visual tokens each encoded sequence holds;
 - `generate(inputs)`: greedy answers;
 - `vision_modules()` (frozen while tuning), `lora_targets()` (what LoRA tunes),
   `fingerprint_modules()` (cache keys of the visual features);
@@ -274,8 +275,7 @@ class VLMAdapter(ABC):
 
         Built on the meta device, so the names come from the family's own `vision_modules`.
         """
-        with torch.device("meta"):
-            model = cls.model_class()(config)
+        model = cls.meta_model(config)
         shell = cls.__new__(cls)  # an adapter around the meta model, only to ask it for modules
         shell.model = model
         names = {id(module): name for name, module in model.named_modules()}
@@ -283,11 +283,10 @@ class VLMAdapter(ABC):
         return [*vision, "lm_head"]
 
     @classmethod
-    def count_parameters(cls, config) -> int:
-        """Parameters of a model with `config`, built on the meta device (no memory, no weights)."""
+    def meta_model(cls, config):
+        """The family's model with `config` on the meta device: every shape, no memory, no weights."""
         with torch.device("meta"):
-            model = cls.model_class()(config)
-        return sum(parameter.numel() for parameter in model.parameters())
+            return cls.model_class()(config)
 
     # ---- what the stages use ------------------------------------------------------------
 
@@ -307,6 +306,10 @@ class VLMAdapter(ABC):
     @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.image_token)
 
     def fingerprint_modules(self) -> dict[str, torch.nn.Module]:
         """Modules whose weights decide the visual features (for cache keys)."""
@@ -384,6 +387,17 @@ class VLMAdapter(ABC):
             length = inputs["input_ids"].shape[1]
             inputs["labels"] = torch.tensor([[-100] * (length - len(row)) + row for row in label_rows])
         return inputs
+
+    def token_counts(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] text tokens and [B] visual tokens of each sequence of `encode` inputs, padding left out.
+
+        Visual tokens are the image placeholders whose embeddings the visual encoder's tokens
+        replace (every family spells each one as `image_token`); everything else is read
+        from the vocabulary, chat markup, image delimiters and tile tags included, and is text.
+        """
+        real = inputs["attention_mask"].bool()
+        visual = ((inputs["input_ids"] == self.image_token_id) & real).sum(-1)
+        return real.sum(-1) - visual, visual
 
     def to_device(self, inputs):
         """Model inputs on the model's device (`labels` left out)."""

@@ -53,8 +53,8 @@ def cached_tensors(run: Run) -> AblationTensors:
     """Every non-empty split's cached tensors and the head's training rows (computed once
     if a cache is missing rows)."""
     from emovlm_kd.models.teacher import load_teacher
-    from emovlm_kd.stages.caches import teacher_logits, vlm_scores
     from emovlm_kd.models.tuned import TunedVLM
+    from emovlm_kd.stages.caches import teacher_logits, vlm_scores
 
     run.require(*STAGE_NAMES)
     vlm = TunedVLM(run.load_tuned_vlm)  # loaded only if a cache misses rows

@@ -18,7 +18,13 @@ from emovlm_kd.data.datasets import SPLITS, Sample, get_dataset_preset
 from emovlm_kd.errors import UserError
 from emovlm_kd.io import write_json
 from emovlm_kd.labels import TAXONOMIES
-from emovlm_kd.metrics import bootstrap_index, bootstrap_intervals, classification_report, complementarity, paired_bootstrap
+from emovlm_kd.metrics import (
+    bootstrap_index,
+    bootstrap_intervals,
+    classification_report,
+    complementarity,
+    paired_bootstrap,
+)
 from emovlm_kd.models.configs import KEEP_AGREEMENT
 from emovlm_kd.models.gate import Gate, sure_agreement
 from emovlm_kd.models.teacher import load_teacher
@@ -28,7 +34,6 @@ from emovlm_kd.stages.gate import gate_inputs
 from emovlm_kd.stages.registry import STAGE_NAMES
 
 MODELS = ("teacher", "vlm", "head", "emovlm_kd")
-MODEL_TITLES = {"teacher": "teacher", "vlm": "VLM alone", "head": "head alone", "emovlm_kd": "EmoVLM-KD (gated)"}
 # The pairs whose overlap the report shows: the paper's motivation (VLM vs its ViT teacher)
 # and the two inputs the gate actually fuses (VLM vs the distilled head).
 PAIRS = (("vlm", "teacher"), ("vlm", "head"))
@@ -184,34 +189,3 @@ def with_data(run: Run, root: str, dataset: str | None = None) -> Run:
         )
     data = dataclasses.replace(run.config.data, root=str(root), dataset=dataset, taxonomy=taxonomy)
     return Run(dataclasses.replace(run.config, data=data), run.directory)
-
-
-def format_table(metrics: dict) -> str:
-    lines = [
-        f"{metrics['split']} split, {metrics['images']} images (95% bootstrap intervals)",
-        f"{'model':<20} {'accuracy':>22} {'macro-F1':>22} {'ECE':>7}",
-    ]
-    for name in MODELS:
-        row = metrics[name]
-        lines.append(
-            f"{MODEL_TITLES[name]:<20} {_with_interval(row['accuracy'], row['ci95']['accuracy']):>22} "
-            f"{_with_interval(row['macro_f1'], row['ci95']['macro_f1']):>22} {row['ece']:>7.3f}"
-        )
-    for other in ("vlm", "head"):
-        paired = metrics["paired"][f"emovlm_kd_minus_{other}"]["accuracy"]
-        low, high = paired["ci95"]
-        lines.append(
-            f"EmoVLM-KD minus {MODEL_TITLES[other]}: {100 * paired['difference']:+.1f} points accuracy "
-            f"(paired 95% interval {100 * low:+.1f} to {100 * high:+.1f})"
-        )
-    if "agreement" in metrics:
-        agreement = metrics["agreement"]
-        lines.append(
-            f"head and VLM agree with confidence >= {agreement['confidence']:g} on {agreement['agreeing']} images; "
-            f"the fused label is theirs on {agreement['kept']}"
-        )
-    return "\n".join(lines)
-
-
-def _with_interval(value: float, interval: list[float]) -> str:
-    return f"{100 * value:.1f}% [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"

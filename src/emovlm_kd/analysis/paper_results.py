@@ -1,4 +1,4 @@
-"""The paper's reported top-1 accuracies (%), to put our numbers beside them.
+"""The paper's reported top-1 accuracies (%) and head size, to put our numbers beside them.
 
 Lee, Lee & Park, "EmoVLM-KD" (CVPR 2025 workshops), on each dataset's test split with
 Qwen2-VL-7B-Instruct and a ViT-B/16-384 teacher (the `paper` preset).
@@ -16,6 +16,8 @@ PAPER_ACCURACY: dict[str, dict[str, float]] = {
     "instagram": {"emovlm_kd": 89.59},
 }
 PAPER_PRESET = "paper"
+# The share of the VLM's parameters the paper quotes for its head.
+PAPER_HEAD_SHARE = 0.003 / 100
 
 
 def metrics_dataset(metrics: dict, dataset: str | None = None) -> str:
@@ -33,7 +35,7 @@ def metrics_dataset(metrics: dict, dataset: str | None = None) -> str:
 
 def comparison(metrics: dict, dataset: str) -> list[dict]:
     """Per model: our accuracy and the paper's (None where it reports none), in percent."""
-    from emovlm_kd.evaluation import MODELS
+    from emovlm_kd.analysis.evaluation import MODELS
 
     reported = PAPER_ACCURACY.get(dataset, {})
     rows = []
