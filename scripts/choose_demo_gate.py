@@ -17,7 +17,7 @@ import torch
 
 from emovlm_kd.analysis.ablation import cached_tensors
 from emovlm_kd.models.head import DistillHead
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.gate import train_gate_module
 from emovlm_kd.stages.tensor_training import accuracy
 
@@ -29,7 +29,7 @@ SETTINGS = [("concat_linear", 0.0, 0, 0.0)] + list(
 )
 
 
-def face_folds(run: Run) -> torch.Tensor:
+def face_folds(run: RunFolder) -> torch.Tensor:
     """[N] fold of each val image: faces (code points) dealt round-robin to the folds."""
     root = Path(run.config.data.root)
     records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
@@ -40,7 +40,7 @@ def face_folds(run: Run) -> torch.Tensor:
 
 
 def main(run_dir: str) -> None:
-    run = Run.open(run_dir)
+    run = RunFolder.open(run_dir)
     val = cached_tensors(run).splits["val"]
     head = DistillHead.from_pretrained(run.require("distill")).eval()
     with torch.no_grad():

@@ -21,8 +21,7 @@ import os
 import signal
 import sys
 
-from emovlm_kd import cache
-from emovlm_kd import run as run_module
+from emovlm_kd import cache, run_folder
 from emovlm_kd.apps import cli
 from emovlm_kd.stages.registry import Stage
 
@@ -71,13 +70,13 @@ def run_killable(request: dict, log) -> int:
 
     Stage.train_function = stage_function
 
-    real_load = run_module.load_image
+    real_load = run_folder.load_image
 
     def load_image(*args, **kwargs):
         event("image")
         return real_load(*args, **kwargs)
 
-    run_module.load_image = load_image
+    run_folder.load_image = load_image
 
     real_replace = os.replace
 

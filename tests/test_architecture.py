@@ -97,15 +97,15 @@ FORBIDDEN = {
 def test_the_graph_is_read_from_the_source():
     # A reader that found nothing would pass every rule below.
     assert len(GRAPH) > 60
-    assert f"{PACKAGE}.models.registry" in GRAPH[f"{PACKAGE}.run"]
-    assert f"{PACKAGE}.models.tuned" in GRAPH[f"{PACKAGE}.run"]
+    assert f"{PACKAGE}.models.registry" in GRAPH[f"{PACKAGE}.run_folder"]
+    assert f"{PACKAGE}.models.tuned" in GRAPH[f"{PACKAGE}.run_folder"]
     assert {"apps", "analysis", "stages", "models", "data", "helpers"} <= {layer(module) for module in GRAPH}
 
 
 def test_the_checks_catch_a_cycle_and_a_backward_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert layer(f"{PACKAGE}.models.vlm.base") == "models" and layer(f"{PACKAGE}.run") == "helpers"
+    assert layer(f"{PACKAGE}.models.vlm.base") == "models" and layer(f"{PACKAGE}.run_folder") == "helpers"
 
 
 def test_no_import_cycles():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from emovlm_kd.apps.bench import TARGETS, Models, bench_images
+from emovlm_kd.apps.bench.figures import TARGETS, Models, bench_images
 from emovlm_kd.apps.cli import main
 
 
@@ -37,8 +37,11 @@ def test_reference_and_ours_predict_the_same_shape(tiny_adapter):
 def test_bad_bench_arguments_say_what_is_wrong(capsys):
     assert main(["bench", "--preset", "nope"]) == 1
     assert "unknown model preset" in capsys.readouterr().err
-    assert main(["bench", "--batch-sizes", "4,x"]) == 2
-    assert "--batch-sizes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser, as argparse refuses
+        main(["bench", "--batch-sizes", "4,x"])
+    assert exit_info.value.code == 2 and "--batch-sizes: '4,x' is not a comma-separated list" in capsys.readouterr().err
+    assert main(["bench", "--batch-sizes", "4,8"]) == 2
+    assert "--batch-sizes must include 1" in capsys.readouterr().err
     assert main(["bench", "--device", "gpu0"]) == 2
     assert "is not a device" in capsys.readouterr().err
 

@@ -105,7 +105,7 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
     import dataclasses
     import logging
 
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages import gate
 
     run_dir, config, _ = trained
@@ -113,7 +113,7 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
     import shutil
 
     shutil.copytree(run_dir, copy)
-    run = Run(dataclasses.replace(config, gate=dataclasses.replace(config.gate, split="train")), copy)
+    run = RunFolder(dataclasses.replace(config, gate=dataclasses.replace(config.gate, split="train")), copy)
     with caplog.at_level(logging.WARNING, logger="emovlm_kd"):
         metrics = gate.train(run)
     assert metrics["trained_on"] == "train"

@@ -23,9 +23,9 @@ def test_demo_trains_every_stage_and_the_fusion_works(tmp_path, capsys):
 
     # The claims, on val (the test split stays for the README's table).
     from emovlm_kd.analysis.evaluation import evaluate_run
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
-    run = Run.open(out)
+    run = RunFolder.open(out)
     val = evaluate_run(run, "val")
     accuracy = {model: val[model]["accuracy"] for model in ("teacher", "vlm", "head", "emovlm_kd")}
     assert accuracy["head"] >= accuracy["teacher"] - 0.15, accuracy

@@ -24,11 +24,11 @@ def test_views_are_cached_apart_and_seen_alike_by_both_models(trained):
     same augmented pixels; the distillation set stacks the image and its views."""
     from emovlm_kd.models.teacher import load_teacher
     from emovlm_kd.models.tuned import TunedVLM
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.caches import teacher_logits, view_images, view_keys, visual_features
     from emovlm_kd.stages.distill import distillation_set
 
-    run = Run.open(trained[0])
+    run = RunFolder.open(trained[0])
     assert run.config.distill.views == 1
     train = run.dataset.split("train")
     vlm = TunedVLM(run.load_tuned_vlm)

@@ -12,7 +12,7 @@ from emovlm_kd.apps.cli import main
 from emovlm_kd.apps.export import export_run, shareable_config
 from emovlm_kd.errors import UserError
 from emovlm_kd.io import read_json, write_json
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 
 # Merging a LoRA adapter into the base is what loading a LoRA run does already (in fp32
 # here), so the merged export holds the weights the run predicts with: measured 0.0 on the
@@ -68,7 +68,7 @@ def lora_run(trained, tmp_path_factory):
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("teacher", "instruct", "logs"))
     (copy / "metrics.json").unlink()
     torch.manual_seed(0)  # the A matrices' initialisation
-    tuned = apply_lora(load_vlm(Run.open(copy).preset, seed=config.seed), config.instruct, quantized=False)
+    tuned = apply_lora(load_vlm(RunFolder.open(copy).preset, seed=config.seed), config.instruct, quantized=False)
     with torch.no_grad():
         for name, weight in tuned.named_parameters():
             if "lora_B" in name:
@@ -83,7 +83,7 @@ def test_the_export_is_a_run_folder_without_teacher_or_local_paths(trained, expo
     assert {p.name for p in exported.iterdir()} == {
         "config.yaml", "labels.json", "metrics.json", "README.md", "instruct", "distill", "gate"}
     assert read_json(exported / "labels.json") == read_json(run_dir / "labels.json")
-    run = Run.open(exported)
+    run = RunFolder.open(exported)
     assert all(run.is_done(stage) for stage in ("instruct", "distill", "gate"))
     saved = (exported / "config.yaml").read_text()
     assert str(run_dir.parent) not in saved and str(config.data.root) not in saved
@@ -153,7 +153,7 @@ def test_a_qlora_run_is_exported_for_four_bit_loading_and_never_merged(lora_run,
     assert code == 1 and not (tmp_path / "merged").exists()
     assert_one_sentence(err, "QLoRA", "without --merge")
     code, _, _ = cli(capsys, "export", "--run", qlora, "--out", tmp_path / "out")
-    assert code == 0 and Run.open(tmp_path / "out").tuned_loading() == {"quantize_4bit": True, "merge": False}
+    assert code == 0 and RunFolder.open(tmp_path / "out").tuned_loading() == {"quantize_4bit": True, "merge": False}
     adapter = "instruct/adapter/adapter_model.safetensors"
     assert (tmp_path / "out" / adapter).read_bytes() == (qlora / adapter).read_bytes()
     assert "bitsandbytes" in (tmp_path / "out" / "README.md").read_text()
@@ -209,7 +209,7 @@ def test_an_upload_that_fails_keeps_the_export_and_says_how_to_upload(trained, t
     assert code == 1
     assert_one_sentence(err, "is exported", "hf upload you/emovlm-kd-tiny")
     assert 'EmoVLMKD.from_pretrained("you/emovlm-kd-tiny")' in (tmp_path / "out" / "README.md").read_text()
-    assert Run.open(tmp_path / "out").is_done("gate")
+    assert RunFolder.open(tmp_path / "out").is_done("gate")
 
 
 def test_a_hub_id_that_cannot_be_downloaded_ends_in_one_sentence(sample_root, capsys):

@@ -32,7 +32,7 @@ def vit_teacher(tmp_path_factory):
 @pytest.mark.parametrize("family", list(ADAPTERS))
 def test_every_stage_and_prediction_on_each_family(family, request, tmp_path):
     from emovlm_kd import EmoVLMKD
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
     preset = offline_preset_for(family)
     if preset.name == "tiny":
@@ -43,12 +43,12 @@ def test_every_stage_and_prediction_on_each_family(family, request, tmp_path):
         config = fast_config(small_manifest, tmp_path / "cache", f"preset={preset.name}",
                              f"teacher.model={vit_teacher}", "distill.epochs=1", "gate.epochs=1")
         _, metrics = train_and_evaluate(config, run_dir)
-    assert Run.open(run_dir).preset.family == family
+    assert RunFolder.open(run_dir).preset.family == family
     assert_metrics_recount(metrics)
 
     model = EmoVLMKD.from_pretrained(run_dir)
     assert model.adapter.family == family
-    samples = Run.open(run_dir).dataset.split("test")[:2]
+    samples = RunFolder.open(run_dir).dataset.split("test")[:2]
     predictions = list(model.predict_paths([sample.path for sample in samples], batch_size=2))
     for prediction in predictions:
         assert prediction.error is None and prediction.label in LABELS

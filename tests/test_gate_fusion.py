@@ -99,9 +99,9 @@ def test_trained_gate_keeps_agreement_on_the_trained_run(trained):
     """The property on a trained run's val and test images: where head and VLM agree with
     confidence >= 0.8 each, the fused label is theirs."""
     from emovlm_kd.analysis.evaluation import agreement_kept, score_run
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
-    run = Run.open(trained[0])
+    run = RunFolder.open(trained[0])
     counts = [agreement_kept(score_run(run, split).probs, 0.8) for split in ("val", "test")]
     assert sum(c["kept"] for c in counts) >= 0.99 * sum(c["agreeing"] for c in counts)
 

@@ -131,9 +131,9 @@ def test_a_qlora_run_is_scored_in_four_bits_with_its_adapter_unmerged(tmp_path):
     """The loader's choice follows the method the run was tuned with."""
     from emovlm_kd.config import RunConfig
     from emovlm_kd.io import write_json
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
-    run = Run(RunConfig(preset="tiny"), tmp_path)
+    run = RunFolder(RunConfig(preset="tiny"), tmp_path)
     expected = {"qlora": {"quantize_4bit": True, "merge": False},
                 "lora": {"quantize_4bit": False, "merge": True},
                 "full": {"quantize_4bit": False, "merge": True}}

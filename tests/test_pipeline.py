@@ -35,9 +35,9 @@ def test_run_folder_holds_every_artifact_unpickled(trained):
     teacher = json.loads((run_dir / "teacher" / "metrics.json").read_text())
     # The saved teacher, reloaded from its folder alone, gives the val accuracy recorded at training.
     from emovlm_kd.models.teacher import load_teacher
-    from emovlm_kd.run import Run, load_rgb
+    from emovlm_kd.run_folder import RunFolder, load_rgb
 
-    run = Run.open(run_dir)
+    run = RunFolder.open(run_dir)
     val = run.dataset.split("val")
     model, processor = load_teacher(str(run_dir / "teacher"), run.dataset.taxonomy.labels)
     with torch.no_grad():
@@ -144,12 +144,12 @@ def test_library_prediction_matches_the_cached_stage_path(trained, small_manifes
     """One shared visual pass at predict time gives what the stages computed from caches."""
     from emovlm_kd import EmoVLMKD
     from emovlm_kd.models.gate import Gate
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.gate import gate_inputs
 
     run_dir, _, _ = trained
     model = EmoVLMKD.from_pretrained(run_dir)
-    run = Run.open(run_dir)
+    run = RunFolder.open(run_dir)
     samples = run.dataset.split("test")[:4]
     head_logits, vlm_probs = (t[:4] for t in gate_inputs(run, ("test",))["test"])
     with torch.no_grad():
@@ -182,11 +182,11 @@ def test_a_run_predicts_without_its_training_data(trained, sample_root, tmp_path
 
 def test_cached_paths_never_load_the_vlm(trained, monkeypatch):
     """With every feature cached, the gate inputs (evaluation, ablations) need no VLM."""
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.caches import VISUAL_FINGERPRINT_FILE
     from emovlm_kd.stages.gate import gate_inputs
 
-    run = Run.open(trained[0])
+    run = RunFolder.open(trained[0])
     expected = gate_inputs(run, ("test",))["test"]  # fills any missing cache rows
     assert (trained[0] / "instruct" / VISUAL_FINGERPRINT_FILE).is_file()
     assert run.is_done("instruct")
@@ -194,7 +194,7 @@ def test_cached_paths_never_load_the_vlm(trained, monkeypatch):
     def refuse(run):
         raise AssertionError("the VLM was loaded")
 
-    monkeypatch.setattr(Run, "load_tuned_vlm", refuse)
+    monkeypatch.setattr(RunFolder, "load_tuned_vlm", refuse)
     again = gate_inputs(run, ("test",))["test"]
     assert all(torch.equal(a, b) for a, b in zip(again, expected))
 
@@ -209,14 +209,14 @@ def test_evaluate_cli(trained, capsys, tmp_path):
 
 
 def test_lora_instruct_stage_saves_an_adapter(small_manifest, tmp_path):
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
     config = fast_config(small_manifest, tmp_path / "cache", "instruct.method=lora", "instruct.lr=1e-2")
     run = train(config, tmp_path / "run", stages=("instruct",))
     adapter_dir = tmp_path / "run" / "instruct" / "adapter"
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "instruct" / "metrics.json").read_text())["method"] == "lora"
-    tuned = Run.open(tmp_path / "run").load_tuned_vlm()
+    tuned = RunFolder.open(tmp_path / "run").load_tuned_vlm()
     base = run.preset
     from emovlm_kd.models.registry import load_vlm
 
@@ -267,7 +267,7 @@ def test_another_head_reuses_every_cached_feature(trained, tmp_path, monkeypatch
 
 
 def test_annotations_add_the_observation_and_inference_tasks(small_manifest, tmp_path):
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.instruct import build_examples
 
     lines = [json.loads(line) for line in small_manifest.read_text().splitlines()]
@@ -281,7 +281,7 @@ def test_annotations_add_the_observation_and_inference_tasks(small_manifest, tmp
     annotations = tmp_path / "annotations.jsonl"
     annotations.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     config = fast_config(small_manifest, tmp_path / "cache", f"instruct.annotations={annotations}")
-    run = Run.create(config, tmp_path / "run")
+    run = RunFolder.create(config, tmp_path / "run")
     examples, summary = build_examples(run)
     assert summary == {"classification": len(train_rows), "observation": 4, "inference": 4,
                        "flagged_excluded": 1, "annotated_train_images": 4}

@@ -27,7 +27,7 @@ from emovlm_kd.cache import CHECKSUM, TensorCache, content_sha256
 from emovlm_kd.errors import UserError
 from emovlm_kd.images import file_sha256
 from emovlm_kd.io import atomic_dir, remove_stale_temporaries
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.registry import Stage
 
 pytestmark = pytest.mark.reliability
@@ -87,7 +87,7 @@ def check_no_half_written_artifact(run_dir: Path, cache_dir: Path) -> int:
                 yaml.safe_load(path.read_text())
             checked += 1
     if (run_dir / "config.yaml").exists():
-        run = Run.open(run_dir)
+        run = RunFolder.open(run_dir)
         for stage in STAGES:
             if (run_dir / stage / "metrics.json").exists():
                 assert run.is_done(stage), run.stage_problem(stage)
@@ -146,7 +146,7 @@ def test_kill_9_in_every_stage_resumes_without_loss(tiny_manifest, tmp_path):
     try:
         for stage, event in plan:
             at = rng.randint(1, EVENTS[stage, event])
-            done = [s for s in STAGES if run_dir.exists() and Run.open(run_dir).is_done(s)]
+            done = [s for s in STAGES if run_dir.exists() and RunFolder.open(run_dir).is_done(s)]
             start = len(log.read_text(errors="replace").splitlines())
             result = harness.run(argv, log, kill={"stage": stage, "event": event, "at": at})
             seen = markers(log, start)
@@ -174,7 +174,7 @@ def test_kill_9_in_every_stage_resumes_without_loss(tiny_manifest, tmp_path):
 
     check_no_half_written_artifact(run_dir, cache_dir)
     assert remove_stale_temporaries(run_dir) == 0  # the last run swept what the kills left
-    run = Run.open(run_dir)
+    run = RunFolder.open(run_dir)
     assert all(run.is_done(stage) for stage in STAGES)
     # Every cache the finished run read holds each of its images exactly once.
     images = {file_sha256(sample.path) for samples in run.dataset.splits.values() for sample in samples}
@@ -305,7 +305,7 @@ def test_a_damaged_stage_is_not_done_and_says_why(trained, tmp_path, case):
     damage(copy)
     tally["corruptions"] += 1
     tally["faults"] += 1
-    run = Run.open(copy)
+    run = RunFolder.open(copy)
     assert not run.is_done(stage) and words in run.stage_problem(stage)
     with pytest.raises(UserError, match=f"the {stage} stage of .* {words}.*; run `emovlm-kd train"):
         run.require(stage)

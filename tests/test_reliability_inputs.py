@@ -28,7 +28,7 @@ from emovlm_kd.apps.cli import main
 from emovlm_kd.config import RunConfig, load_config
 from emovlm_kd.errors import UserError
 from emovlm_kd.images import ImageError, load_image
-from emovlm_kd.run import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+from emovlm_kd.run_folder import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
 
 pytestmark = [
     pytest.mark.reliability,

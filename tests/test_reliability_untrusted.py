@@ -19,7 +19,7 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.head import DistillHead
 from emovlm_kd.pipeline import EmoVLMKD
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 
 pytestmark = pytest.mark.reliability
 
@@ -171,7 +171,7 @@ def test_a_run_config_that_tries_to_run_code_is_refused(trained, tmp_path):
     tally["corruptions"] += 1
     tally["faults"] += 1
     with pytest.raises(UserError, match="not valid YAML"):
-        Run.open(copy)
+        RunFolder.open(copy)
     with pytest.raises(UserError, match="not valid YAML"):
         EmoVLMKD.from_pretrained(copy)
     assert not marker.exists()

@@ -19,7 +19,7 @@ from emovlm_kd.apps.server.app import create_app
 from emovlm_kd.apps.server.config import ServerConfig
 from emovlm_kd.errors import UserError
 from emovlm_kd.pipeline import Prediction
-from emovlm_kd.run import load_rgb
+from emovlm_kd.run_folder import load_rgb
 
 MODEL_ID = "tiny-run"
 

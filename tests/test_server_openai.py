@@ -8,7 +8,7 @@ from test_server_support import live_server, sample_images
 
 from emovlm_kd.apps.server.app import create_app
 from emovlm_kd.apps.server.config import ServerConfig
-from emovlm_kd.run import load_rgb
+from emovlm_kd.run_folder import load_rgb
 
 MODEL_ID = "emovlm-kd-tiny"
 KEY = "test-key-123"

@@ -10,7 +10,6 @@ import time
 from chromium import headless_chromium  # noqa: F401 - re-exported for the server tests
 
 
-
 @functools.cache
 def sample_images(sample_root, count: int) -> list:
     """`count` test-split PNG files, cycling through the labels."""

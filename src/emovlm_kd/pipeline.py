@@ -23,7 +23,7 @@ from emovlm_kd.prompts import (
     classification_prompt,
     first_sentence,
 )
-from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.run_folder import RunFolder, load_rgb
 
 log = logging.getLogger("emovlm_kd")
 
@@ -72,7 +72,7 @@ class EmoVLMKD:
     def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
         """Load the tuned VLM, head and gate of a finished run, or of an exported model: its
         folder, or its Hugging Face Hub id (a name that is no folder here), downloaded first."""
-        run = Run.open(_run_folder(run_dir))
+        run = RunFolder.open(_run_folder(run_dir))
         run.require("instruct", "distill", "gate")
         taxonomy = run.taxonomy
         adapter = run.load_tuned_vlm()

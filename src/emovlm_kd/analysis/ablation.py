@@ -15,7 +15,7 @@ import torch
 
 from emovlm_kd.errors import UserError
 from emovlm_kd.models.configs import GATE_VARIANTS, HIDDEN_WIDTHS
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.caches import split_features
 from emovlm_kd.stages.distill import distillation_set, train_head
 from emovlm_kd.stages.gate import train_gate_module
@@ -49,7 +49,7 @@ class AblationTensors:
     distill: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def cached_tensors(run: Run) -> AblationTensors:
+def cached_tensors(run: RunFolder) -> AblationTensors:
     """Every non-empty split's cached tensors and the head's training rows (computed once
     if a cache is missing rows)."""
     from emovlm_kd.models.teacher import load_teacher
@@ -71,7 +71,7 @@ def cached_tensors(run: Run) -> AblationTensors:
     return AblationTensors(tensors, distillation_set(run, vlm, teacher, processor))
 
 
-def run_settings(run: Run) -> dict:
+def run_settings(run: RunFolder) -> dict:
     """The run's own value of each axis."""
     return {
         "depth": run.config.distill.depth,
@@ -93,7 +93,7 @@ def plan(base: dict, values: dict[str, list], grid: bool = False) -> list[dict]:
     return [dict(base, **{axis: value}, axis=axis) for axis in AXES if axis in values for value in values[axis]]
 
 
-def ablate(run: Run, settings: list[dict], cached: AblationTensors | None = None) -> list[dict]:
+def ablate(run: RunFolder, settings: list[dict], cached: AblationTensors | None = None) -> list[dict]:
     """Train a head and a gate per setting on the cached tensors; accuracy on val and test.
 
     The head trains on train (as the distill stage does), the gate on the run's gate split.

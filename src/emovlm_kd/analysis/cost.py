@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from emovlm_kd.analysis.paper_results import PAPER_HEAD_SHARE
+from emovlm_kd.models.configs import GateConfig, GateSettings, HeadConfig, HeadSettings
 from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.published_configs import (
     PAPER_TEACHER_NAME,
@@ -140,16 +141,18 @@ def vit_flops(model: nn.Module, image_size: int | None = None) -> dict[str, int]
     return {part: 2 * value for part, value in macs.items()}
 
 
-def paper_scale(workload: Workload = Workload(), head_depth: int = 1, gate_variant: str = "concat_linear") -> dict:
-    """Parameters and FLOPs per image of the paper's models, deployed three ways."""
-    from emovlm_kd.models.gate import Gate, GateConfig
-    from emovlm_kd.models.head import DistillHead, HeadConfig
+def paper_scale(workload: Workload = Workload(), head_settings: HeadSettings = HeadSettings(),
+                gate_settings: GateSettings = GateSettings()) -> dict:
+    """Parameters and FLOPs per image of the paper's models, deployed three ways (head and
+    gate as their settings say: the paper's by default)."""
+    from emovlm_kd.models.gate import Gate
+    from emovlm_kd.models.head import DistillHead
 
     vlm = paper_vlm()
     teacher = paper_teacher(workload.num_labels)
     hidden = vlm.config.get_text_config().hidden_size
-    head = DistillHead(HeadConfig(input_dim=hidden, num_labels=workload.num_labels, depth=head_depth))
-    gate = Gate(GateConfig(num_labels=workload.num_labels, variant=gate_variant))
+    head = DistillHead(HeadConfig.shaped(head_settings, input_dim=hidden, num_labels=workload.num_labels))
+    gate = Gate(GateConfig.shaped(gate_settings, num_labels=workload.num_labels))
 
     vlm_parts = qwen2_vl_flops(vlm, workload)
     vlm_flops = sum(vlm_parts.values())
@@ -192,15 +195,15 @@ def paper_scale(workload: Workload = Workload(), head_depth: int = 1, gate_varia
             vlm_params + head_params + gate_params,
             vlm_flops + head_flops + gate_flops,
         ),
-        row("head", f"distilled head (depth {head_depth})", head_params, head_flops, "EmoVLM-KD"),
-        row("gate", f"gate ({gate_variant})", gate_params, gate_flops, "EmoVLM-KD"),
+        row("head", f"distilled head (depth {head_settings.depth})", head_params, head_flops, "EmoVLM-KD"),
+        row("gate", f"gate ({gate_settings.variant})", gate_params, gate_flops, "EmoVLM-KD"),
     ]
     return {
         "workload": asdict(workload),
         "image_tokens": workload.patches(QWEN2_VL_7B_VISION["patch_size"]) // 4,
         "vlm_flops_by_part": {part: value / 1e9 for part, value in vlm_parts.items()},
         "rows": rows,
-        "head_depth": head_depth,
+        "head_depth": head_settings.depth,
         "visual_width": hidden,
         "head_share_of_vlm": head_params / vlm_params,
         "paper_head_share": PAPER_HEAD_SHARE,

@@ -28,7 +28,7 @@ from emovlm_kd.metrics import (
 from emovlm_kd.models.configs import KEEP_AGREEMENT
 from emovlm_kd.models.gate import Gate, sure_agreement
 from emovlm_kd.models.teacher import load_teacher
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.caches import teacher_logits
 from emovlm_kd.stages.gate import gate_inputs
 from emovlm_kd.stages.registry import STAGE_NAMES
@@ -51,7 +51,7 @@ class Scores:
     split: str
 
 
-def split_names(run: Run, split: str) -> tuple[str, ...]:
+def split_names(run: RunFolder, split: str) -> tuple[str, ...]:
     """The splits `split` stands for: itself, or every non-empty one for 'all'."""
     if split != ALL_SPLITS:
         # An unknown or empty split ends here, in one sentence; an alias becomes its name.
@@ -62,7 +62,7 @@ def split_names(run: Run, split: str) -> tuple[str, ...]:
     return names
 
 
-def score_run(run: Run, split: str = "test") -> Scores:
+def score_run(run: RunFolder, split: str = "test") -> Scores:
     """[N, K] probabilities of teacher, VLM, head and gated EmoVLM-KD on `split` (or 'all')."""
     run.require(*STAGE_NAMES)
     names = split_names(run, split)
@@ -82,7 +82,7 @@ def score_run(run: Run, split: str = "test") -> Scores:
     return Scores(samples, run.labels(samples), run.dataset.taxonomy.labels, probs, split)
 
 
-def summarize(scores: Scores, run: Run, own_data: bool = True) -> dict:
+def summarize(scores: Scores, run: RunFolder, own_data: bool = True) -> dict:
     """The metrics file: per model accuracy, macro-F1, per-class scores, confusion, calibration;
     and how the VLM's right answers overlap with the teacher's and the head's.
 
@@ -136,12 +136,12 @@ def agreement_kept(probs: dict[str, torch.Tensor], confidence: float) -> dict:
     return {"confidence": confidence, "agreeing": int(sure.sum()), "kept": int(kept.sum())}
 
 
-def evaluate_run(run: Run, split: str = "test") -> dict:
+def evaluate_run(run: RunFolder, split: str = "test") -> dict:
     """Metrics of each model on `split`, from the run's artifacts and caches (see `summarize`)."""
     return summarize(score_run(run, split), run)
 
 
-def evaluate_finished_run(run: Run) -> dict | None:
+def evaluate_finished_run(run: RunFolder) -> dict | None:
     """The test metrics of a run whose every stage is finished, written to RUN/metrics.json;
     None where a stage is unfinished or there is no test split (and on ranks other than 0)."""
     if not (all(run.is_done(stage) for stage in STAGE_NAMES) and run.dataset.splits.get("test")):
@@ -167,7 +167,7 @@ def prediction_records(scores: Scores) -> Iterator[dict]:
         yield record
 
 
-def run_taxonomy_name(run: Run) -> str:
+def run_taxonomy_name(run: RunFolder) -> str:
     """The taxonomy the run was trained on, read from its teacher (its data need not exist)."""
     from transformers import AutoConfig
 
@@ -179,7 +179,7 @@ def run_taxonomy_name(run: Run) -> str:
     raise UserError(f"the teacher of {run.directory} has labels {', '.join(labels)}, which match no taxonomy.")
 
 
-def with_data(run: Run, root: str, dataset: str | None = None) -> Run:
+def with_data(run: RunFolder, root: str, dataset: str | None = None) -> RunFolder:
     """The same trained run, reading another dataset folder (or manifest) of its taxonomy."""
     taxonomy = run_taxonomy_name(run)
     if dataset is not None and get_dataset_preset(dataset).taxonomy != taxonomy:
@@ -188,4 +188,4 @@ def with_data(run: Run, root: str, dataset: str | None = None) -> Run:
             f"trained on {taxonomy}; evaluate it on a dataset of the same classes."
         )
     data = dataclasses.replace(run.config.data, root=str(root), dataset=dataset, taxonomy=taxonomy)
-    return Run(dataclasses.replace(run.config, data=data), run.directory)
+    return RunFolder(dataclasses.replace(run.config, data=data), run.directory)

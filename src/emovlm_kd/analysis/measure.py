@@ -157,7 +157,7 @@ def measure_model(model, run, samples: list) -> dict:
     """Latency per image (batch 1, median) and memory of a loaded EmoVLM-KD and the run's
     teacher, deployed three ways: the VLM alone, the VLM and the teacher, and EmoVLM-KD."""
     from emovlm_kd.models.teacher import load_teacher
-    from emovlm_kd.run import load_rgb
+    from emovlm_kd.run_folder import load_rgb
 
     adapter = model.adapter
     device = adapter.device
@@ -200,6 +200,6 @@ def run_efficiency(run, samples: list, images: int = 4, image_size: int = 448) -
     model = EmoVLMKD.from_pretrained(run.directory)
     workload = workload_for(model.adapter, model.taxonomy, image_size)
     return {
-        "paper_scale": paper_scale(workload, model.head.config.depth, model.gate.config.variant),
+        "paper_scale": paper_scale(workload, model.head.config, model.gate.config),
         "measured": dict(measure_model(model, run, samples[:images]), preset=run.config.preset),
     }

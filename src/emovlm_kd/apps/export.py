@@ -18,7 +18,7 @@ from emovlm_kd.errors import UserError
 from emovlm_kd.io import atomic_dir, atomic_write_text, read_json, write_json
 from emovlm_kd.models.registry import OFFLINE_PREFIX, PRESETS
 from emovlm_kd.pipeline import is_hub_id
-from emovlm_kd.run import CONFIG_FILE, LABELS_FILE, Run
+from emovlm_kd.run_folder import CONFIG_FILE, LABELS_FILE, RunFolder
 
 log = logging.getLogger("emovlm_kd")
 
@@ -42,7 +42,7 @@ def export_run(
     `merge` folds a LoRA adapter into the base weights; `base_model` names the hub id of a
     base VLM the run loaded from a local folder; `license` and `hub_id` go into the card.
     """
-    run = Run.open(run_dir)
+    run = RunFolder.open(run_dir)
     out = Path(out)
     run.require(*EXPORTED_STAGES)
     _check_out(run, out)
@@ -61,7 +61,7 @@ def export_run(
         atomic_write_text(folder / CONFIG_FILE, config.to_yaml())
         if metrics is not None:
             write_json(folder / METRICS_FILE, metrics)
-        exported = Run(config, folder)
+        exported = RunFolder(config, folder)
         atomic_write_text(folder / CARD_FILE, model_card(exported, metrics, license, hub_id or str(out)))
     return out
 
@@ -87,7 +87,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     return str(url)
 
 
-def _check_out(run: Run, out: Path) -> None:
+def _check_out(run: RunFolder, out: Path) -> None:
     """`out` is replaced whole, so it must be a new (or empty) folder that does not hold the run."""
     if run.directory.resolve().is_relative_to(out.resolve()):
         raise UserError(f"--out {out} holds the run {run.directory} itself; give a new folder for the export.")
@@ -95,14 +95,14 @@ def _check_out(run: Run, out: Path) -> None:
         raise UserError(f"{out} exists and is not empty; give a new --out folder, or remove it first.")
 
 
-def _write_tuned_vlm(run: Run, folder: Path, merge: bool) -> None:
+def _write_tuned_vlm(run: RunFolder, folder: Path, merge: bool) -> None:
     source = run.stage_dir("instruct")
     if not (merge and (source / "adapter").is_dir()):
         if merge:
             log.info("export: %s holds full weights already; nothing to merge", source)
         shutil.copytree(source, folder)
         return
-    # Merged as `Run.load_tuned_vlm` merges a LoRA run for scoring, so the weights saved are the
+    # Merged as `RunFolder.load_tuned_vlm` merges a LoRA run for scoring, so the weights saved are the
     # ones the run itself predicts with (in this machine's dtype: fp32 on a CPU).
     tuned = run.load_tuned_vlm()
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("adapter"))
@@ -135,7 +135,7 @@ def _shared_name(value: str | None) -> str | None:
     return Path(value).name if _local_path(value) else value
 
 
-def run_metrics(run: Run) -> dict | None:
+def run_metrics(run: RunFolder) -> dict | None:
     """The run's test metrics (written by `train`), or None where it was not evaluated."""
     path = run.directory / METRICS_FILE
     try:
@@ -150,7 +150,7 @@ def run_metrics(run: Run) -> dict | None:
     return metrics
 
 
-def model_card(run: Run, metrics: dict | None, license: str | None, where: str) -> str:
+def model_card(run: RunFolder, metrics: dict | None, license: str | None, where: str) -> str:
     """The README.md the Hugging Face Hub shows: YAML metadata, then what the model is, its
     labels, training, evaluation, intended use and how to load it from `where`."""
     from huggingface_hub import ModelCardData
@@ -175,7 +175,7 @@ def model_card(run: Run, metrics: dict | None, license: str | None, where: str) 
     return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
 
 
-def _about(run: Run, method: str, name: str) -> str:
+def _about(run: RunFolder, method: str, name: str) -> str:
     config = run.config
     saved = "full weights" if (run.stage_dir("instruct") / "model").is_dir() else "a LoRA adapter over the base weights"
     teacher = config.teacher.model or run.preset.teacher
@@ -198,12 +198,12 @@ def _about(run: Run, method: str, name: str) -> str:
     )
 
 
-def _labels(run: Run) -> str:
+def _labels(run: RunFolder) -> str:
     labels = "\n".join(f"{index}. {label}" for index, label in enumerate(run.taxonomy.labels))
     return f"## Labels\n\nTaxonomy `{run.taxonomy.name}`, in class-id order (also in `labels.json`):\n\n{labels}"
 
 
-def _training(run: Run) -> str:
+def _training(run: RunFolder) -> str:
     data = run.config.data
     examples = run.stage_metrics("instruct").get("examples", {})
     annotated = examples.get("observation", 0)
@@ -233,7 +233,7 @@ def _evaluation(metrics: dict | None) -> str:
     )
 
 
-def _intended_use(run: Run, license: str | None) -> str:
+def _intended_use(run: RunFolder, license: str | None) -> str:
     licensing = (
         f"The exporter licensed it as `{license}`" if license else "The exporter stated no license"
     ) + "; the base model's and the training data's licenses apply as well."
@@ -251,7 +251,7 @@ def _intended_use(run: Run, license: str | None) -> str:
     )
 
 
-def _loading(run: Run, method: str, where: str) -> str:
+def _loading(run: RunFolder, method: str, where: str) -> str:
     needs = (
         "a CUDA GPU with bitsandbytes: the adapter was tuned on the 4-bit base and is applied to it unmerged"
         if method == "qlora" else "a CPU or a GPU"

@@ -24,12 +24,12 @@ from emovlm_kd.data.datasets import Sample
 from emovlm_kd.io import read_json, write_json
 from emovlm_kd.models.tuned import TunedVLM
 from emovlm_kd.prompts import classification_answer, classification_prompt
-from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.run_folder import RunFolder, load_rgb
 
 VISUAL_FINGERPRINT_FILE = "visual_fingerprint.json"
 
 
-def view_keys(run: Run, samples: list[Sample], view: int) -> list[str]:
+def view_keys(run: RunFolder, samples: list[Sample], view: int) -> list[str]:
     """Cache keys of view `view` of each sample (its content hash alone for view 0)."""
     keys = run.image_keys(samples)
     return keys if view == 0 else [f"{key}@view{view}" for key in keys]
@@ -43,7 +43,7 @@ def view_images(samples: list[Sample], keys: list[str], view: int) -> list:
     return [distillation_view(image, random.Random(key)) for image, key in zip(images, keys)]
 
 
-def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample], view: int = 0) -> torch.Tensor:
+def visual_features(run: RunFolder, vlm: TunedVLM, samples: list[Sample], view: int = 0) -> torch.Tensor:
     """[N, D] pooled visual tokens of the (frozen) visual encoder, on view `view` of each image."""
     cache = TensorCache(run.cache_root, "visual", visual_fingerprint(run, vlm))
     keys = view_keys(run, samples, view)
@@ -59,7 +59,7 @@ def visual_features(run: Run, vlm: TunedVLM, samples: list[Sample], view: int = 
     return cache.fill(keys, items, compute, run.config.batch_size, description)
 
 
-def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+def split_features(run: RunFolder, vlm: TunedVLM | None = None, splits: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Cached pooled visual features of the tuned VLM, for every non-empty split (or `splits`).
 
     The head reads exactly the visual tokens the tuned VLM computes at inference, so an
@@ -73,7 +73,7 @@ def split_features(run: Run, vlm: TunedVLM | None = None, splits: tuple[str, ...
     }
 
 
-def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:
+def visual_fingerprint(run: RunFolder, vlm: TunedVLM) -> str:
     """The visual-feature cache key: a hash of the visual encoder's weights and the image
     processor's settings. Hashing needs the model loaded, so the key is kept in the instruct
     stage's folder (replaced whole when that stage is redone) and read from there next time."""
@@ -97,7 +97,7 @@ def visual_fingerprint(run: Run, vlm: TunedVLM) -> str:
     return key
 
 
-def teacher_logits(run: Run, model, processor, samples: list[Sample], view: int = 0) -> torch.Tensor:
+def teacher_logits(run: RunFolder, model, processor, samples: list[Sample], view: int = 0) -> torch.Tensor:
     """[N, K] logits of the fine-tuned teacher (eval mode, eval preprocessing) on view `view`."""
     teacher_dir = run.stage_dir("teacher")
     key = file_fingerprint(teacher_dir / "model.safetensors", processor=processor.to_dict())
@@ -117,7 +117,7 @@ def teacher_logits(run: Run, model, processor, samples: list[Sample], view: int 
     return cache.fill(keys, list(zip(samples, keys)), compute, run.config.batch_size, description)
 
 
-def vlm_scores(run: Run, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:
+def vlm_scores(run: RunFolder, vlm: TunedVLM, samples: list[Sample]) -> torch.Tensor:
     """[N, K] log-likelihood of each label (its answer's tokens) under the tuned VLM, up to a per-image
     constant (the answers' shared opening), which a softmax over labels removes."""
     taxonomy = run.dataset.taxonomy

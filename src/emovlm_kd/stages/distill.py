@@ -20,7 +20,7 @@ from emovlm_kd.models.head import DistillHead
 from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.teacher import load_teacher
 from emovlm_kd.models.tuned import TunedVLM
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.caches import split_features, teacher_logits, visual_features
 from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
@@ -29,7 +29,7 @@ from emovlm_kd.tracking import EpochTracker
 log = logging.getLogger("emovlm_kd")
 
 
-def distillation_set(run: Run, vlm: TunedVLM, teacher, processor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def distillation_set(run: RunFolder, vlm: TunedVLM, teacher, processor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The head's training rows over every view of the train split: pooled features
     [N * (1 + views), D], teacher logits on the same views [N * (1 + views), K], labels."""
     train = run.dataset.split("train")
@@ -64,7 +64,7 @@ def train_head(features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     return head, history
 
 
-def train(run: Run) -> dict:
+def train(run: RunFolder) -> dict:
     """Train the head on train-split features and teacher logits; save it to RUN/distill."""
     config = run.config.distill
     teacher, processor = load_teacher(str(run.require("teacher")), run.dataset.taxonomy.labels)

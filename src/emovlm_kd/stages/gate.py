@@ -19,7 +19,7 @@ from emovlm_kd.models.configs import GateConfig
 from emovlm_kd.models.gate import Gate
 from emovlm_kd.models.head import DistillHead
 from emovlm_kd.models.tuned import TunedVLM
-from emovlm_kd.run import Run
+from emovlm_kd.run_folder import RunFolder
 from emovlm_kd.stages.caches import split_features, vlm_scores
 from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.stages.tensor_training import accuracy, fit_on_tensors
@@ -28,7 +28,7 @@ from emovlm_kd.tracking import EpochTracker
 log = logging.getLogger("emovlm_kd")
 
 
-def gate_inputs(run: Run, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def gate_inputs(run: RunFolder, splits: tuple[str, ...] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per split: (head logits [N, K], VLM label log-probabilities [N, K])."""
     head = DistillHead.from_pretrained(run.require("distill"))
     vlm = TunedVLM(run.load_tuned_vlm)  # loaded only if a cache misses rows
@@ -72,7 +72,7 @@ def train_gate_module(head_logits, vlm_logprobs, labels, config, num_labels: int
     return gate, history
 
 
-def train(run: Run) -> dict:
+def train(run: RunFolder) -> dict:
     config = run.config.gate
     if config.split == "train":
         log.warning("gate: trained on the train split, whose head and VLM outputs are in-sample (the models saw "

@@ -25,7 +25,7 @@ from emovlm_kd.prompts import (
     classification_answer,
     classification_prompt,
 )
-from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.run_folder import RunFolder, load_rgb
 from emovlm_kd.stages.hf_trainer import training_arguments
 from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.tracking import trainer_tracking
@@ -41,7 +41,7 @@ class Example:
     answer: str
 
 
-def build_examples(run: Run) -> tuple[list[Example], dict]:
+def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
     taxonomy = run.dataset.taxonomy
     train = run.dataset.split("train")
     config = run.config.instruct
@@ -161,7 +161,7 @@ def apply_lora(adapter, config, quantized: bool):
     return get_peft_model(model, lora)
 
 
-def train(run: Run) -> dict:
+def train(run: RunFolder) -> dict:
     """Tune the VLM on the instruction tasks; save the LoRA adapter (or full weights) to RUN/instruct."""
     config = run.config.instruct
     method = resolve_method(config.method, run.preset.instruct_method)

@@ -9,7 +9,7 @@ from emovlm_kd import distributed
 from emovlm_kd.config import RunConfig
 from emovlm_kd.errors import UserError
 from emovlm_kd.io import remove_stale_temporaries
-from emovlm_kd.run import Run, seed_everything
+from emovlm_kd.run_folder import RunFolder, seed_everything
 from emovlm_kd.stages.registry import STAGE_NAMES, STAGES
 
 log = logging.getLogger("emovlm_kd")
@@ -27,7 +27,7 @@ def train(
     out: str | Path,
     stages: tuple[str, ...] = STAGE_NAMES,
     force: bool = False,
-) -> Run:
+) -> RunFolder:
     """Run `stages` into the run folder `out` (and any finished stage downstream of one that
     reran); returns the run.
 
@@ -42,7 +42,7 @@ def train(
         if distributed.is_main():
             (out / "config.yaml").unlink()
         distributed.barrier()  # and no rank reads it while it goes
-    run = Run.create(config, out)
+    run = RunFolder.create(config, out)
     if "instruct" in stages and (force or not run.is_done("instruct")):
         from emovlm_kd.stages.instruct import annotations_file
 

@@ -14,7 +14,7 @@ from emovlm_kd.models.teacher import (
     save_teacher,
     teacher_image_size,
 )
-from emovlm_kd.run import Run, load_rgb
+from emovlm_kd.run_folder import RunFolder, load_rgb
 from emovlm_kd.stages.caches import teacher_logits
 from emovlm_kd.stages.hf_trainer import training_arguments
 from emovlm_kd.stages.registry import finish_stage, save_stage
@@ -24,7 +24,7 @@ from emovlm_kd.tracking import trainer_tracking
 log = logging.getLogger("emovlm_kd")
 
 
-def train(run: Run) -> dict:
+def train(run: RunFolder) -> dict:
     """Fine-tune the teacher on train; save it to RUN/teacher; report val and test accuracy."""
     config = run.config.teacher
     taxonomy = run.dataset.taxonomy

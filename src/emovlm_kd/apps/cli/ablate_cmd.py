@@ -25,7 +25,7 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--gate", metavar="concat_linear,...", help="gate variants")
     parser.add_argument("--grid", action="store_true", help="try every combination instead of one axis at a time")
     parser.add_argument("--out", help="output folder (default: RUN/ablations)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
 def parse_values(axis: str, text: str) -> list:
@@ -55,16 +55,16 @@ def parse_values(axis: str, text: str) -> list:
     return values
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.ablation import AXES, DEFAULT_VALUES, ablate, plan, run_settings
     from emovlm_kd.apps.report import plots
     from emovlm_kd.apps.report.document import Figure, Text, to_markdown, to_text
     from emovlm_kd.apps.report.tables import ablation_table
     from emovlm_kd.io import atomic_path, atomic_write_text, write_json
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
 
     plots.require_matplotlib()
-    trained = Run.open(args.run)
+    trained = RunFolder.open(args.run)
     given = {axis: parse_values(axis, getattr(args, axis)) for axis in AXES if getattr(args, axis)}
     values = given or DEFAULT_VALUES
     base = run_settings(trained)

@@ -26,10 +26,10 @@ def register(subparsers, help_text: str) -> None:
     )
     # Every setting of AnnotateConfig is a flag: --base-url, --max-retries, --retry-flagged, ...
     add_config_flags(parser, AnnotateConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     if args.check is not None:
         from emovlm_kd.annotate.summary import format_summary, summarise_annotations
 

@@ -15,7 +15,7 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument(
         "--dataset", metavar="NAME", help="the dataset it is on, when the file does not say (fi, emotion6, ...)"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
 def read_metrics(path: Path) -> dict:
@@ -34,7 +34,7 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.paper_results import PAPER_PRESET, comparison, metrics_dataset
     from emovlm_kd.apps.report.document import to_text
     from emovlm_kd.apps.report.tables import comparison_table

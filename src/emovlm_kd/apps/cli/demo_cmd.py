@@ -13,10 +13,10 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     parser.add_argument("--data", help="where to build the sample dataset (default: beside --out, 'sample')")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. instruct.epochs=2")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.evaluation import evaluate_finished_run
     from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config

@@ -36,7 +36,7 @@ def register(subparsers, help_text: str) -> None:
         "--no-report", action="store_true", help="write metrics and predictions only (no matplotlib needed)"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
 def output_folder(args: argparse.Namespace) -> Path:
@@ -46,13 +46,13 @@ def output_folder(args: argparse.Namespace) -> Path:
     return Path(args.run) / "evaluation" / name
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.evaluation import prediction_records, score_run, summarize, with_data
     from emovlm_kd.apps.report.plots import require_matplotlib
     from emovlm_kd.apps.report.tables import format_complementarity, format_efficiency, format_table
     from emovlm_kd.errors import UserError
     from emovlm_kd.io import atomic_write_text, write_json
-    from emovlm_kd.run import Run
+    from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.registry import STAGE_NAMES
 
     if args.dataset and not args.data:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_report:
         require_matplotlib()
-    trained = Run.open(args.run)
+    trained = RunFolder.open(args.run)
     trained.require(*STAGE_NAMES)
     evaluated = with_data(trained, args.data, args.dataset) if args.data else trained
     out = output_folder(args)

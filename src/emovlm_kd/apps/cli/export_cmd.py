@@ -14,10 +14,10 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--license", metavar="ID", help="the license for the model card's metadata (e.g. apache-2.0)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this Hugging Face model repo (e.g. you/emovlm-kd-fi)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.export import check_hub_id, export_run, push_to_hub
 
     if args.push_to_hub:

@@ -21,17 +21,20 @@ def comma_separated(kind: type):
     return parse
 
 
-def _flag_kind(annotation) -> type:
-    """The type a flag parses to: X for `X | None`, the annotation itself otherwise."""
+def _flag_kind(annotation):
+    """What a flag parses with: X for `X | None`, a comma-separated list for `tuple[X, ...]`,
+    the annotation itself otherwise."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return next(option for option in typing.get_args(annotation) if option is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return comma_separated(typing.get_args(annotation)[0])
     return annotation
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """A flag for every field of `config_class` whose metadata has a "help" text.
 
-    Metadata may also give `choices`, `metavar` and `type` (a parser, for tuples and lists).
+    Metadata may also give `choices` and `metavar`.
     """
     hints = typing.get_type_hints(config_class)
     for setting in dataclasses.fields(config_class):
@@ -45,7 +48,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
             continue
         shown = "" if default is None else f" (default: {_shown(default)})"
         options = {key: setting.metadata[key] for key in ("choices", "metavar") if key in setting.metadata}
-        parser.add_argument(flag, dest=setting.name, type=setting.metadata.get("type", kind), default=default,
+        parser.add_argument(flag, dest=setting.name, type=kind, default=default,
                             help=setting.metadata["help"] + shown, **options)
 
 

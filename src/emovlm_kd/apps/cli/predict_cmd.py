@@ -36,7 +36,7 @@ def register(subparsers, help_text: str) -> None:
                         "rerunning the same command after a crash finishes it")
     parser.add_argument("--overwrite", action="store_true", help="start --out over even when it holds another "
                         "command's unfinished predictions")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
 class RowWriter:
@@ -78,7 +78,7 @@ class RowWriter:
         return text.getvalue()
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd import distributed
     from emovlm_kd.errors import UserError
     from emovlm_kd.pipeline import EmoVLMKD, expand_paths

@@ -8,10 +8,10 @@ import argparse
 def register(subparsers, help_text: str) -> None:
     parser = subparsers.add_parser("presets", help=help_text, description=help_text)
     parser.add_argument("pattern", nargs="?", default="*", help="wildcard on preset names, e.g. 'qwen*'")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.report.tables import format_count
     from emovlm_kd.data.datasets import DATASET_PRESETS
     from emovlm_kd.models.registry import list_presets, vlm_parameters

@@ -15,10 +15,10 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--run", required=True, help="a trained run folder")
     # One flag per ServerConfig field, with its default and help.
     add_config_flags(parser, ServerConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401

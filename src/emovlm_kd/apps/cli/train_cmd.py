@@ -14,10 +14,10 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--stage", action="append", choices=STAGE_NAMES, help="run only this stage (repeatable)")
     parser.add_argument("--force", action="store_true", help="redo the chosen stages even if finished")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. distill.depth=2")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=execute)
 
 
-def run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.evaluation import evaluate_finished_run
     from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config

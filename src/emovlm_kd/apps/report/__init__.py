@@ -6,5 +6,5 @@
 - `tables.py`      every table and line of figures the commands print (scores, cost, benchmark, ...)
 
 The numbers come from the library (`emovlm_kd.analysis`, `emovlm_kd.metrics`) and the
-benchmark (`emovlm_kd.apps.bench`); this package only lays them out.
+benchmark (`emovlm_kd.apps.bench.figures`); this package only lays them out.
 """

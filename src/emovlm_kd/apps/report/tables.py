@@ -1,6 +1,6 @@
 """Tables and text of the figures the library computes: evaluation scores, cost at the
 paper's scale, measured deployments, the benchmark, preset sizes, the paper comparison and
-ablations. Layout only: every number comes from `emovlm_kd.analysis` or `emovlm_kd.apps.bench`.
+ablations. Layout only: every number comes from `emovlm_kd.analysis` or `emovlm_kd.apps.bench.figures`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from emovlm_kd.apps.server.config import ServerConfig
 from emovlm_kd.apps.server.errors import ApiError
 from emovlm_kd.apps.server.security import fetch_image_url
 from emovlm_kd.images import ImageError, load_image
-from emovlm_kd.run import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+from emovlm_kd.run_folder import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -42,12 +42,12 @@ def seed_everything(seed: int) -> None:
 
 
 @dataclass
-class Run:
+class RunFolder:
     config: RunConfig
     directory: Path
 
     @classmethod
-    def create(cls, config: RunConfig, directory: str | Path) -> Run:
+    def create(cls, config: RunConfig, directory: str | Path) -> RunFolder:
         """A run folder holding `config`; an existing run must have been made with the same config."""
         directory = Path(directory)
         saved = directory / CONFIG_FILE
@@ -67,7 +67,7 @@ class Run:
         return cls(config, directory)
 
     @classmethod
-    def open(cls, directory: str | Path) -> Run:
+    def open(cls, directory: str | Path) -> RunFolder:
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
             raise UserError(

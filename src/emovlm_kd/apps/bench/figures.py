@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from emovlm_kd.analysis.measure import deployment_memory, elapsed, median_time, memory_method, paired_ratio
+from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.prompts import classification_answer, classification_prompt
 
@@ -38,23 +39,10 @@ TARGETS = {
 HEAD_EPOCHS, GATE_EPOCHS = 5, 10
 
 
-@dataclass
-class BenchConfig:
-    preset: str = "bench"
-    images: int = 16
-    repeats: int = 5
-    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
-    # Images for the stage 2+3 training comparison (the reference regenerates per epoch).
-    train_images: int = 8
-    seed: int = 0
-    threads: int = field(default_factory=torch.get_num_threads)
-    # "auto": the GPU where there is one (weights in bf16), else the CPU (fp32).
-    device: str = "auto"
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+def resolved_device(config: BenchConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
 
 
 def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
@@ -206,19 +194,20 @@ def training_figures(models: Models, images: list[Image.Image], config: BenchCon
 
     def reference():
         head = models.head.train()
-        optimizer = torch.optim.Adam(head.parameters(), lr=1e-5)
+        optimizer = torch.optim.Adam(head.parameters(), lr=head_config.lr)
         for _ in range(HEAD_EPOCHS):  # features and teacher logits recomputed each epoch
             for index, image in enumerate(images):
                 with torch.no_grad():
                     pooled = models.adapter.visual_tokens(models.adapter.encode_images([image])).pooled()
                     teacher = models.teacher_logits([image])
-                loss = distillation_loss(head(pooled), teacher, labels[index : index + 1])
+                loss = distillation_loss(head(pooled), teacher, labels[index : index + 1], head_config.alpha,
+                                         head_config.temperature)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
         head.eval()
         gate = models.gate.train()
-        optimizer = torch.optim.Adam(gate.parameters(), lr=1e-4)
+        optimizer = torch.optim.Adam(gate.parameters(), lr=gate_config.lr)
         for _ in range(GATE_EPOCHS):  # VLM answers regenerated for every image, every epoch
             for index, image in enumerate(images):
                 with torch.no_grad():
@@ -303,8 +292,9 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
     `checkpoint(result)` is called after each part with the figures so far (the CLI writes
     them), so a run cut short still leaves what it measured.
     """
+    config = replace(config, threads=config.threads or torch.get_num_threads())
     torch.set_num_threads(config.threads)
-    device = config.resolved_device()
+    device = resolved_device(config)
     models = Models(config.preset, config.seed, device=device)
     images = bench_images(config.images, config.seed)
     parameters = count_parameters(models.adapter.model)

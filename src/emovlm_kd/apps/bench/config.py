@@ -1,0 +1,31 @@
+"""The bench's settings; the `bench` command line is built from these fields and their help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emovlm_kd.config import setting
+from emovlm_kd.errors import UserError
+
+
+@dataclass
+class BenchConfig:
+    preset: str = setting("bench", "model preset (bench: ~100M random Qwen2-VL; bench-7b: 7B shapes)", metavar="NAME")
+    images: int = setting(16, "images per timing", metavar="N")
+    repeats: int = setting(5, "runs per timing; the median is kept", metavar="N")
+    batch_sizes: tuple[int, ...] = setting((1, 4, 8, 16), "batch sizes to try, comma-separated, 1 among them",
+                                           metavar="SIZES")
+    # The reference regenerates its inputs in every epoch: a few images show the gap.
+    train_images: int = setting(8, "images for the stage 2+3 training comparison (at most --images)", metavar="N")
+    device: str = setting("auto", "cpu, cuda or cuda:N; auto: the GPU in bf16 where there is one, else the CPU "
+                          "in fp32", metavar="DEVICE")
+    seed: int = 0
+    # CPU threads; None: torch's own count.
+    threads: int | None = None
+
+    def __post_init__(self):
+        self.batch_sizes = tuple(sorted(set(self.batch_sizes)))
+        if min(self.batch_sizes) < 1 or 1 not in self.batch_sizes or min(self.images, self.repeats, self.train_images) < 1:
+            raise UserError("--images, --repeats and --train-images must be at least 1, and --batch-sizes must "
+                            "include 1.", exit_code=2)
+        self.train_images = min(self.train_images, self.images)
