@@ -13,7 +13,8 @@ from emovlm_kd.annotate.parsing import ParsedAnswer, parse_answer, parse_structu
 from emovlm_kd.annotate.prompts import annotation_prompt
 from emovlm_kd.annotate.records import AnnotationFile, read_records
 from emovlm_kd.annotate.runner import backoff_delay
-from emovlm_kd.annotate.summary import format_summary, summarise_annotations
+from emovlm_kd.annotate.summary import summarise_annotations
+from emovlm_kd.apps.report.summaries import format_annotation_summary
 from emovlm_kd.errors import UserError
 from emovlm_kd.labels import EMOTION6, SENTIMENT2
 
@@ -262,7 +263,7 @@ def test_check_counts_records_flags_and_labels(tmp_path):
     assert (summary.records, summary.usable, summary.flagged, summary.duplicates) == (5, 2, 3, 1)
     assert summary.by_reason == {"missing key_elements": 1, "names the true label": 1, "answer cut at max_tokens": 1}
     assert summary.by_label["joy"] == [3, 1] and summary.by_label["sadness"] == [1, 1]
-    text = format_summary(summary)
+    text = format_annotation_summary(summary)
     assert "5 records (emotion6), 2 usable for training, 3 flagged" in text
     assert "names the true label" in text and "cut short" in text and "repeat an image" in text
 

@@ -79,38 +79,3 @@ def _taxonomy_of_run(path: Path) -> str | None:
 def _guess(records: list[dict]) -> str:
     labels = sorted({str(record["label"]) for record in records})
     return guess_taxonomy(labels).name if labels else "mikels8"
-
-
-def format_summary(summary: AnnotationSummary) -> str:
-    lines = [
-        f"{summary.path}: {summary.records} records ({summary.taxonomy.name}), {summary.usable} usable for training, "
-        f"{summary.flagged} flagged (left out of training unless instruct.include_flagged=true)"
-    ]
-    if summary.by_reason:
-        lines.append("flagged by reason:")
-        width = max(map(len, summary.by_reason))
-        lines += [f"  {reason:<{width}}  {count}" for reason, count in summary.by_reason.most_common()]
-    lines.append("per label:")
-    width = max(len("label"), *map(len, summary.by_label))
-    lines.append(f"  {'label':<{width}}  records  usable  flagged")
-    for label, (records, flagged) in summary.by_label.items():
-        lines.append(f"  {label:<{width}}  {records:>7}  {records - flagged:>6}  {flagged:>7}")
-    if summary.models:
-        lines.append("models: " + ", ".join(f"{model} ({count})" for model, count in summary.models.most_common()))
-    if summary.modes:
-        lines.append(format_modes(summary.modes))
-    if summary.duplicates:
-        lines.append(
-            f"{summary.duplicates} record(s) repeat an image already in the file; training uses the last one of each."
-        )
-    if summary.torn_tail_bytes:
-        lines.append(
-            f"the last line is cut short ({summary.torn_tail_bytes} bytes, an interrupted write); "
-            "the next `emovlm-kd annotate` run on this file removes it and redoes that image."
-        )
-    return "\n".join(lines)
-
-
-def format_modes(modes: Counter) -> str:
-    """'answers: 80 structured (JSON schema), 4 parsed from text'."""
-    return f"answers: {modes['structured']} structured (JSON schema), {modes['parsed']} parsed from text"

@@ -31,15 +31,16 @@ def register(subparsers, help_text: str) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     if args.check is not None:
-        from emovlm_kd.annotate.summary import format_summary, summarise_annotations
+        from emovlm_kd.annotate.summary import summarise_annotations
+        from emovlm_kd.apps.report.summaries import format_annotation_summary
 
         if not (args.check or args.out):
             raise UserError("--check needs the annotation file: --check FILE, or --out FILE.", exit_code=2)
-        print(format_summary(summarise_annotations(args.check or args.out, taxonomy=args.taxonomy)))
+        print(format_annotation_summary(summarise_annotations(args.check or args.out, taxonomy=args.taxonomy)))
         return 0
 
     from emovlm_kd.annotate.runner import annotate_dataset
-    from emovlm_kd.annotate.summary import format_modes
+    from emovlm_kd.apps.report.summaries import format_answer_modes
 
     if not args.verbose:
         # The HTTP client logs every request at INFO; one line per image drowns the summary.
@@ -55,7 +56,7 @@ def execute(args: argparse.Namespace) -> int:
     if config.retry_flagged:
         print(f"{report.retried} flagged record(s) asked again; the file keeps the newest record of each image")
     if report.written:
-        print(format_modes(report.modes))
+        print(format_answer_modes(report.modes))
     if report.complete:
         print(f"summary: emovlm-kd annotate --check {report.out}")
         return 0

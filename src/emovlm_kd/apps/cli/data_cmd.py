@@ -40,18 +40,19 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from emovlm_kd.apps.report.summaries import format_dataset_check
     from emovlm_kd.data.check import check_dataset
 
     try:
-        report, exit_code = check_dataset(
+        check = check_dataset(
             args.root, taxonomy=args.taxonomy, preset=args.preset, strict=args.strict,
             image_column=args.image_column, label_column=args.label_column,
         )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(report)
-    return exit_code
+    print(format_dataset_check(check))
+    return 0 if check.usable else 1
 
 
 def _sample(args: argparse.Namespace) -> int:
