@@ -91,6 +91,8 @@ def visual_fingerprint(run: RunFolder, vlm: TunedVLM) -> str:
         },
         family=adapter.family,
         processor=adapter.image_processor.to_dict(),
+        # What is pooled: rows cached when LLaVA's head read the projector's output differ.
+        pooled="visual-encoder tokens",
     )
     if distributed.is_main():
         write_json(saved, {"fingerprint": key})

@@ -45,14 +45,19 @@ class VisualTokens:
 
     `per_image[i]` is [tokens_i, D]: the merged visual tokens the language model reads.
     `encoder_output` is the family's own object to hand back to the language model.
+    `encoder_tokens[i]` is [tokens_i, D_enc]: the visual encoder's own tokens, where a family
+    sends them through a separate connector (LLaVA's projector) before the language model;
+    None where the encoder's output is `per_image` itself (Qwen2-VL's merger is its last part).
     """
 
     per_image: list[torch.Tensor]
     encoder_output: object
+    encoder_tokens: list[torch.Tensor] | None = None
 
     def pooled(self) -> torch.Tensor:
-        # [B, D]: mean over each image's visual tokens, the head's input.
-        return torch.stack([tokens.float().mean(dim=0) for tokens in self.per_image])
+        # [B, D_enc or D]: mean over each image's visual-encoder tokens, the head's input.
+        tokens = self.per_image if self.encoder_tokens is None else self.encoder_tokens
+        return torch.stack([image.float().mean(dim=0) for image in tokens])
 
 
 class _PackedAnswers:

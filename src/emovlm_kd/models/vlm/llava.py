@@ -68,6 +68,20 @@ class LlavaAdapter(VLMAdapter):
     def vision_modules(self):
         return {"vision_tower": self.model.model.vision_tower, "projector": self.model.model.multi_modal_projector}
 
+    def visual_tokens(self, inputs):
+        """The vision tower's pass; the head pools the tower's own tokens, the ones the
+        projector reads (the tower is the visual encoder, the projector a connector).
+
+        The projector of the offline presets is random, and squeezes the tower's width into
+        the small language model's: the pretrained features reach the head whole only from here."""
+        visual = super().visual_tokens(inputs)
+        config = self.model.config
+        selected = visual.encoder_output.hidden_states[config.vision_feature_layer]  # [B, T(+1), D_enc]
+        if config.vision_feature_select_strategy == "default":
+            selected = selected[:, 1:]  # the class token is dropped, as for the projector
+        visual.encoder_tokens = list(selected)
+        return visual
+
     @property
     def end_of_turn(self) -> str:
         # Vicuna closes the assistant's turn with the tokenizer's end-of-sequence token.
@@ -107,6 +121,10 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         side = config.vision_config.image_size
         return cls.image_processor_class()(size={"height": side, "width": side},
                                            image_grid_pinpoints=config.image_grid_pinpoints)
+
+    # Tiled images: each tile's tower tokens are pooled by the projector's arrangement, so the
+    # head reads the merged tokens, as for Qwen2-VL.
+    visual_tokens = VLMAdapter.visual_tokens
 
     def vision_modules(self):
         base = self.model.model
