@@ -12,7 +12,7 @@ from emovlm_kd.apps.cli import main
 def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--preset", "tiny", "--images", "2", "--train-images", "2", "--repeats", "1",
-                 "--batch-sizes", "1,2", "--out", str(out)])
+                 "--batch-sizes", "1,2", "--predict-images", "3", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
@@ -23,6 +23,10 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     assert set(result["targets"]) == set(TARGETS)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
+    predict = result["predict"]
+    assert predict["images"] == 3 and predict["batch_size"] == result["best_batch_size"]
+    assert result["predict_end_to_end_ratio"] == pytest.approx(
+        predict["model_images_per_second"] / predict["predict_images_per_second"])
 
 
 def test_reference_and_ours_predict_the_same_shape(tiny_adapter):
