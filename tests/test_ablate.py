@@ -44,7 +44,7 @@ def test_ablate_writes_table_and_plot_and_leaves_the_run_alone(trained, tmp_path
         "--alpha",
         "0.5,1",
         "--gate",
-        "concat_linear,mixture",
+        "dynamic,mixture",  # the run's own variant (the demo's) and another
         "--out",
         tmp_path,
     )

@@ -124,7 +124,21 @@ def test_visual_tokens_are_shared_by_the_head_input(adapter):
     # The encoder alone (as the feature cache runs it) gives the same tokens.
     alone = adapter.visual_tokens(adapter.encode_images(batch))
     assert all(torch.equal(a, b) for a, b in zip(alone.per_image, visual.per_image))
-    assert visual.pooled().shape == (3, adapter.hidden_size)
+    # The head pools the visual encoder's own tokens: LLaVA's tower tokens, one per projected
+    # token (the projector is a connector); the merged tokens elsewhere.
+    assert (visual.encoder_tokens is not None) == (adapter.family == "llava")
+    pooled_from = visual.per_image if visual.encoder_tokens is None else visual.encoder_tokens
+    assert [t.shape[0] for t in pooled_from] == image_tokens
+    assert torch.allclose(visual.pooled(), torch.stack([t.float().mean(0) for t in pooled_from]))
+    if adapter.family == "llava":
+        config = adapter.model.config
+        tower = adapter.model.model.vision_tower(adapter.to_device(adapter.encode_images(batch))["pixel_values"],
+                                                 output_hidden_states=True)
+        expected = tower.hidden_states[config.vision_feature_layer][:, 1:]  # [B, T, D_tower], class token dropped
+        assert visual.pooled().shape == (3, config.vision_config.hidden_size) != (3, adapter.hidden_size)
+        assert torch.allclose(visual.pooled(), expected.float().mean(1), atol=1e-6)
+    else:
+        assert visual.pooled().shape == (3, adapter.hidden_size)
     # Passing the shared visual tokens gives the same scores as recomputing them.
     answers = [classification_answer(label) for label in EMOTION6.labels]
     assert torch.equal(adapter.answer_logprobs(inputs, answers, visual=visual), adapter.answer_logprobs(inputs, answers))
