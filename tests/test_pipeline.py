@@ -297,3 +297,21 @@ def test_predict_explain_adds_one_sentence(trained, sample_root, capsys):
     row = json.loads(out)
     assert code == 0 and isinstance(row["explanation"], str)
     assert row["explanation"].count(". ") == 0
+
+
+def test_a_head_of_another_width_than_the_vlm_pools_is_refused_in_one_sentence(trained, tmp_path):
+    """A run whose head was trained on other features (a LLaVA run from before its head read
+    the tower's tokens) is refused when loaded, not failed on image after image."""
+    import shutil
+
+    from emovlm_kd import EmoVLMKD
+    from emovlm_kd.models.configs import HeadConfig
+    from emovlm_kd.models.head import DistillHead
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained[0], copy)
+    old = DistillHead.from_pretrained(copy / "distill")
+    DistillHead(HeadConfig(input_dim=old.config.input_dim + 1, num_labels=old.config.num_labels)).save_pretrained(
+        copy / "distill")
+    with pytest.raises(UserError, match=r"reads \d+-wide visual features, .* --stage distill --force`\.$"):
+        EmoVLMKD.from_pretrained(copy)

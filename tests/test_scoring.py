@@ -135,10 +135,11 @@ def test_visual_tokens_are_shared_by_the_head_input(adapter):
         tower = adapter.model.model.vision_tower(adapter.to_device(adapter.encode_images(batch))["pixel_values"],
                                                  output_hidden_states=True)
         expected = tower.hidden_states[config.vision_feature_layer][:, 1:]  # [B, T, D_tower], class token dropped
-        assert visual.pooled().shape == (3, config.vision_config.hidden_size) != (3, adapter.hidden_size)
+        assert visual.pooled().shape == (3, adapter.pooled_width) == (3, config.vision_config.hidden_size)
+        assert adapter.pooled_width != adapter.hidden_size
         assert torch.allclose(visual.pooled(), expected.float().mean(1), atol=1e-6)
     else:
-        assert visual.pooled().shape == (3, adapter.hidden_size)
+        assert visual.pooled().shape == (3, adapter.pooled_width) == (3, adapter.hidden_size)
     # Passing the shared visual tokens gives the same scores as recomputing them.
     answers = [classification_answer(label) for label in EMOTION6.labels]
     assert torch.equal(adapter.answer_logprobs(inputs, answers, visual=visual), adapter.answer_logprobs(inputs, answers))

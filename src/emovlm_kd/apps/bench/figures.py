@@ -77,7 +77,7 @@ class Models:
         adapter.model.to(self.device)
         self.taxonomy = EMOTION6
         self.adapter = adapter
-        head = DistillHead(HeadConfig(input_dim=adapter.hidden_size, num_labels=len(EMOTION6)))
+        head = DistillHead(HeadConfig(input_dim=adapter.pooled_width, num_labels=len(EMOTION6)))
         self.head = head.to(self.device).eval()
         self.gate = Gate(GateConfig(num_labels=len(EMOTION6))).to(self.device).eval()
         self.pipeline = EmoVLMKD(adapter, self.head, self.gate, EMOTION6)

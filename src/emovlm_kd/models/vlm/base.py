@@ -301,8 +301,13 @@ class VLMAdapter(ABC):
 
     @property
     def hidden_size(self) -> int:
-        """Width of the visual tokens the head reads (D)."""
+        """Width of the language model, and of the visual tokens it reads (D)."""
         return self.model.config.get_text_config().hidden_size
+
+    @property
+    def pooled_width(self) -> int:
+        """Width of `VisualTokens.pooled()`, the head's input."""
+        return self.hidden_size
 
     @property
     def end_of_turn_id(self) -> int:

@@ -68,6 +68,10 @@ class LlavaAdapter(VLMAdapter):
     def vision_modules(self):
         return {"vision_tower": self.model.model.vision_tower, "projector": self.model.model.multi_modal_projector}
 
+    @property
+    def pooled_width(self) -> int:
+        return self.model.config.vision_config.hidden_size
+
     def visual_tokens(self, inputs):
         """The vision tower's pass; the head pools the tower's own tokens, the ones the
         projector reads (the tower is the visual encoder, the projector a connector).
@@ -125,6 +129,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     # Tiled images: each tile's tower tokens are pooled by the projector's arrangement, so the
     # head reads the merged tokens, as for Qwen2-VL.
     visual_tokens = VLMAdapter.visual_tokens
+    pooled_width = VLMAdapter.pooled_width
 
     def vision_modules(self):
         base = self.model.model
