@@ -21,6 +21,21 @@ def test_defaults_are_the_papers_settings():
     assert config.distill.views == 0 and config.instruct.annotations is None
 
 
+def test_every_stage_has_its_config_section_in_the_order_it_runs():
+    import dataclasses
+    import typing
+
+    from emovlm_kd.config import DistillStageConfig, GateStageConfig
+    from emovlm_kd.stages.registry import STAGES
+
+    types = typing.get_type_hints(RunConfig)
+    sections = [field.name for field in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(types[field.name])]
+    assert sections == ["data", *(stage.name for stage in STAGES)]
+    config = RunConfig()
+    assert all(type(getattr(config, stage.name)) is stage.config_class for stage in STAGES)
+    assert (STAGES[2].config_class, STAGES[3].config_class) == (DistillStageConfig, GateStageConfig)
+
+
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("preset: tiny\ndistill:\n  depth: 3\n")

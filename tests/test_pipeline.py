@@ -301,7 +301,7 @@ def test_predict_explain_adds_one_sentence(trained, sample_root, capsys):
 
 def test_a_head_of_another_width_than_the_vlm_pools_is_refused_in_one_sentence(trained, tmp_path):
     """A run whose head was trained on other features (a LLaVA run from before its head read
-    the tower's tokens) is refused when loaded, not failed on image after image."""
+    the tower's tokens) is refused in one sentence, not failed on with a shape error."""
     import shutil
 
     from emovlm_kd import EmoVLMKD
@@ -315,3 +315,9 @@ def test_a_head_of_another_width_than_the_vlm_pools_is_refused_in_one_sentence(t
         copy / "distill")
     with pytest.raises(UserError, match=r"reads \d+-wide visual features, .* --stage distill --force`\.$"):
         EmoVLMKD.from_pretrained(copy)
+    # Evaluation and the gate stage read the head on cached features: the same sentence there.
+    from emovlm_kd.run_folder import RunFolder
+    from emovlm_kd.stages.gate import gate_inputs
+
+    with pytest.raises(UserError, match=r"reads \d+-wide visual features, .* --stage distill --force`\.$"):
+        gate_inputs(RunFolder.open(copy), ("test",))

@@ -78,13 +78,7 @@ class EmoVLMKD:
         adapter = run.load_tuned_vlm()
         device = adapter.device
         head = DistillHead.from_pretrained(run.stage_dir("distill"), device=device)
-        if head.config.input_dim != adapter.pooled_width:
-            # A LLaVA run trained before the head read the tower's own tokens, say.
-            raise UserError(
-                f"the head of {run.directory} reads {head.config.input_dim}-wide visual features, but its VLM "
-                f"pools {adapter.pooled_width}-wide ones for the head; retrain the head and gate with `emovlm-kd "
-                f"train --config {run.directory / 'config.yaml'} --out {run.directory} --stage distill --force`."
-            )
+        run.check_head_width(head, adapter.pooled_width)
         gate = Gate.from_pretrained(run.stage_dir("gate"), device=device)
         return cls(adapter, head, gate, taxonomy)
 

@@ -132,12 +132,24 @@ class RunFolder:
 
     def tuned_loading(self) -> dict[str, bool]:
         """How the run's tuned VLM loads (4-bit base and unmerged adapter after QLoRA)."""
-        return tuned_loading(self.stage_metrics("instruct").get("method"))
+        return tuned_loading(self._tuning_method())
 
     def load_tuned_vlm(self):
         """The run's instruction-tuned VLM, loaded as it was tuned."""
-        instruct_dir = self.require("instruct")
-        return load_tuned_vlm(self.preset, instruct_dir, self.stage_metrics("instruct").get("method"), self.config.seed)
+        return load_tuned_vlm(self.preset, self.require("instruct"), self._tuning_method(), self.config.seed)
+
+    def _tuning_method(self) -> str | None:
+        return self.stage_metrics("instruct").get("method")
+
+    def check_head_width(self, head, width: int) -> None:
+        """One sentence where the run's head reads features of another width than `width`, the
+        one its VLM pools now (a LLaVA run from before the head read the tower's own tokens)."""
+        if head.config.input_dim != width:
+            raise UserError(
+                f"the head of {self.directory} reads {head.config.input_dim}-wide visual features, but its VLM "
+                f"pools {width}-wide ones for the head; retrain the head and gate with `emovlm-kd train "
+                f"--config {self.directory / CONFIG_FILE} --out {self.directory} --stage distill --force`."
+            )
 
     @functools.cached_property
     def preset(self) -> ModelPreset:

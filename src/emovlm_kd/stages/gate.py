@@ -36,6 +36,7 @@ def gate_inputs(run: RunFolder, splits: tuple[str, ...] | None = None) -> dict[s
     inputs = {}
     with torch.no_grad():
         for split, values in features.items():
+            run.check_head_width(head, values.shape[1])  # [N, D]
             scores = vlm_scores(run, vlm, run.dataset.splits[split])
             inputs[split] = (head(values), scores.log_softmax(-1))
     return inputs

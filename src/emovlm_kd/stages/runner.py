@@ -14,6 +14,7 @@ from emovlm_kd.stages.registry import STAGE_NAMES, STAGES
 
 log = logging.getLogger("emovlm_kd")
 
+
 def _attach_log_file(directory: Path) -> logging.Handler:
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(directory / "logs" / "train.log", encoding="utf-8")
