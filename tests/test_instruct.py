@@ -101,7 +101,7 @@ def test_reused_visual_tokens_give_the_same_loss_and_gradients(preset, tiny_adap
     inputs = adapter.encode(images, ["Which emotion?", "Describe the key elements."],
                             ["{'emotion': 'joy'}", "A green field under a grey sky."])
     reuse = VisualTokenReuse(adapter)
-    reused = reuse.replace_pixels(inputs, ["a.png", "b.png"], images)
+    reused = reuse.replace_pixels(inputs, ["a.png", "b.png"])
     assert "pixel_values" not in reused and len(reuse.parts) == 2
 
     def loss_and_grads(batch):
@@ -121,7 +121,7 @@ def test_reused_visual_tokens_give_the_same_loss_and_gradients(preset, tiny_adap
     calls = []
     hook = next(iter(adapter.vision_modules().values())).register_forward_hook(lambda *a: calls.append(1))
     try:
-        reuse.replace_pixels(inputs, ["a.png", "b.png"], images)
+        reuse.replace_pixels(inputs, ["a.png", "b.png"])
     finally:
         hook.remove()
     assert calls == []

@@ -71,6 +71,8 @@ class InstructStageConfig:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "constant_with_warmup"
     max_grad_norm: float = 0.3
+    # Training sequences per step: images where tasks are packed (each with all of its tasks),
+    # else (image, task) examples.
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -78,6 +80,14 @@ class InstructStageConfig:
     bf16: str = "auto"
     # Annotations flagged by the checks (label leaked, section missing) are left out unless set.
     include_flagged: bool = False
+    # Each image's tasks in one sequence: the system prompt and the image once, then each task's
+    # prompt and answer in a block that sees the image and itself only, at the positions it has
+    # alone. The loss and gradients are those of the tasks trained one by one, the image tokens
+    # are run through the language model once per image, not once per task. An epoch then
+    # takes one step per `batch_size` images.
+    pack_tasks: bool = True
+    # Processes that read, decode and tokenize the next batches while the model trains (0: none).
+    workers: int = 2
     # Keep each training image's visual tokens in memory after its first pass and reuse them
     # for its other tasks and epochs (the vision side is frozen, so they never change).
     # Costs tokens x width x images of memory: for small datasets (the demo), not FI at 7B.

@@ -21,7 +21,7 @@ def training_arguments(output_dir: Path, *, seed: int, bf16: bool = False, **set
         # Under DDP every trainable weight takes part in each step (the frozen vision
         # tower has no gradients at all), so the extra graph walk is not needed.
         ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=settings.pop("dataloader_num_workers", 0),
         use_cpu=not torch.cuda.is_available(),
         bf16=bf16,
         **settings,

@@ -1,12 +1,16 @@
 """Instruction-tuning stage: LoRA (QLoRA on GPU) on the VLM's language model, three tasks.
 
-Tasks per training image, shuffled together: observation (key elements), inference
-(reasoning), classification ({'emotion': '<label>'}). Without annotations: classification
-alone. The loss covers answer tokens only (the adapter's `encode` masks the rest).
+Tasks per training image: observation (key elements), inference (reasoning), classification
+({'emotion': '<label>'}); without annotations, classification alone. With `pack_tasks` (the
+default) an image's tasks are trained in one sequence that holds the image once (the
+adapter's `encode_packed`: the same loss and gradients as one sequence per task), and the
+images are shuffled; else every (image, task) example is shuffled on its own. The loss covers
+answer tokens only (the rest is masked).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,17 +84,25 @@ def annotations_file(config) -> str | None:
 
 
 def keep_answer_logits(inputs: dict) -> dict:
-    """Compute vocabulary logits only where the loss needs them.
+    """Compute vocabulary logits only where the loss needs them: at the columns whose next
+    token is a target. With a 152k vocabulary this skips most of the lm_head work on the
+    prompt and image tokens, and, in packed rows, on the prompts between the answers.
 
-    Inputs are left-padded, so every answer ends in the last column; logits from the column
-    before the earliest answer token onwards cover every target. With a 152k vocabulary
-    this skips most of the lm_head work on the prompt and image tokens. Labels are cut to
-    the same columns; the model's shifted loss then lines up as before.
+    The model's loss predicts `labels[k + 1]` from the k-th kept column; so the labels are
+    rewritten to follow the kept columns, and each row keeps one column more than it has
+    targets, the one whose label falls off the end (it pads shorter rows too).
     """
-    labels = inputs["labels"]
-    answer_columns = (labels != -100).any(dim=0).nonzero()
-    keep = labels.shape[1] - int(answer_columns[0]) + 1
-    return dict(inputs, labels=labels[:, -keep:], logits_to_keep=keep)
+    labels = inputs["labels"]  # [B, L]
+    length = labels.shape[1]
+    predicts = labels[:, 1:] != -100  # [B, L - 1]: column c predicts a target at c + 1
+    kept = int(predicts.sum(-1).max()) + 1
+    # Each row's predicting columns in order, then its last column (it predicts nothing).
+    columns = torch.arange(length - 1, device=labels.device).expand_as(predicts).masked_fill(~predicts, length - 1)
+    columns = torch.cat([columns, columns.new_full((len(labels), 1), length - 1)], dim=1)
+    columns = columns.sort(dim=-1).values[:, :kept]  # [B, kept]
+    targets = labels.gather(1, (columns + 1).clamp(max=length - 1)).masked_fill(columns == length - 1, -100)
+    shifted = torch.cat([targets.new_full((len(labels), 1), -100), targets[:, :-1]], dim=1)
+    return dict(inputs, labels=shifted, logits_to_keep=columns)
 
 
 class VisualTokenReuse:
@@ -105,7 +117,7 @@ class VisualTokenReuse:
     def __init__(self, adapter):
         self.adapter = adapter
         self.output_class = None
-        self.parts: dict[Path, dict[str, object]] = {}
+        self.parts: dict[object, dict[str, object]] = {}
 
     @staticmethod
     def split(output, count: int) -> list[dict[str, object]]:
@@ -130,17 +142,54 @@ class VisualTokenReuse:
         return self.output_class(**fields)
 
     @torch.no_grad()
-    def replace_pixels(self, inputs: dict, paths: list[Path], images: list) -> dict:
-        missing = [index for index, path in enumerate(paths) if path not in self.parts]
-        if missing:
-            encoded = self.adapter.encode_images([images[index] for index in missing])
-            output = self.adapter.visual_tokens(encoded).encoder_output
+    def replace_pixels(self, inputs: dict, keys: list) -> dict:
+        """`inputs` with visual tokens in place of pixels; `keys` name each sequence's image.
+
+        A batch holding an image not seen before runs the visual encoder once on its pixels and
+        keeps every image's tokens. Packed, all tasks of an image are in its batch, so a batch
+        is all new (first epoch) or all seen."""
+        if any(key not in self.parts for key in keys):
+            output = self.adapter.visual_tokens(inputs).encoder_output
             self.output_class = type(output)
-            for index, row in zip(missing, self.split(output, len(missing))):
-                self.parts[paths[index]] = row
+            for key, row in zip(keys, self.split(output, len(keys))):
+                self.parts.setdefault(key, row)
         pixels_only = set(self.adapter.image_input_keys) - set(self.adapter.scoring_input_keys)
         kept = {key: value for key, value in inputs.items() if key not in pixels_only}
-        return dict(kept, mm_encoder_outputs={"image": self.join([self.parts[path] for path in paths])})
+        return dict(kept, mm_encoder_outputs={"image": self.join([self.parts[key] for key in keys])})
+
+
+class InstructTrainer(Trainer):
+    """The Trainer, with each batch's pixels swapped for cached visual tokens (`reuse`) in the
+    main process, where the cache lives; batches are made in the DataLoader's workers."""
+
+    def __init__(self, *args, reuse: VisualTokenReuse | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reuse = reuse
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        keys = inputs.pop("image_keys")
+        if self.reuse is not None:
+            inputs = self.reuse.replace_pixels(inputs, keys)
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def training_sequences(examples: list[Example], pack_tasks: bool) -> list[tuple[Example, ...]]:
+    """The Trainer's items: each image's tasks together where packed, else one example each."""
+    if not pack_tasks:
+        return [(example,) for example in examples]
+    by_image: dict[Path, list[Example]] = {}
+    for example in examples:
+        by_image.setdefault(example.image, []).append(example)
+    return [tuple(tasks) for tasks in by_image.values()]
+
+
+def encode_batch(adapter, batch: list[tuple[Example, ...]]) -> dict:
+    """A training batch: each item's image decoded (here, in a DataLoader worker), its tasks
+    packed into one sequence, logits kept where the loss needs them."""
+    images = [load_rgb(tasks[0].image) for tasks in batch]
+    inputs = adapter.encode_packed(images, [[task.prompt for task in tasks] for tasks in batch],
+                                   [[task.answer for task in tasks] for tasks in batch])
+    return dict(keep_answer_logits(inputs), image_keys=[tasks[0].image for tasks in batch])
 
 
 def apply_lora(adapter, config, quantized: bool):
@@ -179,13 +228,7 @@ def train(run: RunFolder) -> dict:
     trainable = count_parameters(model, trainable_only=True)
 
     reuse = VisualTokenReuse(adapter) if config.reuse_visual_tokens else None
-
-    def collate(batch: list[Example]):
-        images = [load_rgb(example.image) for example in batch]
-        inputs = adapter.encode(images, [example.prompt for example in batch], [example.answer for example in batch])
-        if reuse is not None:
-            inputs = reuse.replace_pixels(inputs, [example.image for example in batch], images)
-        return keep_answer_logits(inputs)
+    sequences = training_sequences(examples, config.pack_tasks)
 
     stage_dir = run.stage_dir("instruct")
     report_to, callbacks = trainer_tracking(run.config.report_to, run.directory, "instruct")
@@ -202,9 +245,12 @@ def train(run: RunFolder) -> dict:
         warmup_steps=config.warmup_ratio,
         max_grad_norm=config.max_grad_norm,
         report_to=report_to,
+        dataloader_num_workers=config.workers,
     )
-    log.info("instruct: %s on %d examples (%s), %d trainable parameters", method, len(examples), summary, trainable)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=callbacks)
+    log.info("instruct: %s on %d examples (%s) in %d sequences%s, %d trainable parameters", method, len(examples),
+             summary, len(sequences), ", tasks packed per image" if config.pack_tasks else "", trainable)
+    trainer = InstructTrainer(model=model, args=args, train_dataset=sequences, callbacks=callbacks, reuse=reuse,
+                              data_collator=functools.partial(encode_batch, adapter))
     trainer.train()
     model.eval()
     metrics = {

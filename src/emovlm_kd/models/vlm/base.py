@@ -8,6 +8,8 @@ and its image processor.
 What the stages use (written once, here):
 - `encode_images(images)` / `encode(images, prompts, answers=None)`: model inputs, left-padded,
   with answer-only `labels` when answers are given;
+- `encode_packed(images, prompts_per_image, answers_per_image)`: training inputs with each
+  image's tasks in one sequence, the image once, each task seeing only itself;
 - `visual_tokens(inputs)` -> `VisualTokens`: one visual-encoder pass; `.pooled()` is the head's input;
 - `answer_logprobs(inputs, answers, visual=None, include_shared=True)` and `scored_answer_ids`:
   exact label scoring, the prompt and image encoded once for all K answers;
@@ -82,19 +84,21 @@ class _PackedAnswers:
     def attention(self, prompt_mask: torch.Tensor) -> torch.Tensor:
         """[B, 1, Q, Q] True where a query may attend a key: causal over the (left-padded)
         prompt, and each fed token sees the prompt and the earlier tokens of its own answer."""
-        batch, length = prompt_mask.shape
-        fed = self.feed.numel()
-        device = prompt_mask.device
-        size = length + fed
-        real = prompt_mask.bool()
-        allowed = torch.ones(size, size, dtype=torch.bool, device=device).tril()[None].repeat(batch, 1, 1)
-        allowed[:, :, :length] &= real[:, None, :]  # padding is never attended to ...
-        # ... except by itself: a query with nothing to attend would give NaNs.
-        index = torch.arange(length, device=device)
-        allowed[:, index, index] = True
-        same_answer = self.owner[:, None] == self.owner[None, :]
-        allowed[:, length:, length:] &= same_answer
-        return allowed[:, None]
+        batch = prompt_mask.shape[0]
+        # The prompt is block 0 (its padding -1), answer k block k + 1.
+        return block_attention(torch.cat([prompt_mask.long() - 1, (self.owner + 1).expand(batch, -1)], dim=1))
+
+
+def block_attention(blocks: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] True where a query may attend a key, for sequences of blocks `blocks` [B, L]:
+    block 0 is shared, -1 marks padding. Causal; each token sees the shared tokens and its own
+    block's, so each block is computed as if it alone followed the shared ones."""
+    length = blocks.shape[1]
+    query, key = blocks[:, :, None], blocks[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool, device=blocks.device).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))  # padding is never attended to ...
+    # ... except by itself: a query with nothing to attend would give NaNs.
+    return (allowed | torch.eye(length, dtype=torch.bool, device=blocks.device))[:, None]
 
 
 @functools.lru_cache(maxsize=None)
@@ -376,17 +380,104 @@ class VLMAdapter(ABC):
         """
         processed = self.process_images(images)
         image_texts = self.image_texts(processed)
-        sequences, label_rows = [], []
-        for index, prompt in enumerate(prompts):
-            # The tokenizer's own specials (a BOS for Llama-style ones) open the prompt.
-            prompt_ids = self.tokenizer(self.prompt_text(prompt, image_texts[index])).input_ids
-            answer_ids = self.answer_ids(answers[index]) if answers is not None else []
-            sequences.append(prompt_ids + answer_ids)
-            label_rows.append([-100] * len(prompt_ids) + answer_ids)
-        inputs = self._left_pad(sequences, label_rows if answers is not None else None)
+        rows = [self._sequence(image_texts[index], prompt, answers[index] if answers is not None else None)
+                for index, prompt in enumerate(prompts)]
+        inputs = self._left_pad([ids for ids, _ in rows], [labels for _, labels in rows] if answers is not None else None)
         inputs.update(self.token_inputs(inputs["input_ids"]))
         inputs.update({key: processed[key] for key in self.image_input_keys})
         return inputs
+
+    def encode_packed(
+        self, images: list[Image.Image], prompts_per_image: list[list[str]], answers_per_image: list[list[str]]
+    ) -> dict[str, torch.Tensor]:
+        """Training inputs holding each image's tasks (prompt and answer each) in one sequence; left-padded.
+
+        The tasks of an image, tokenized as `encode` tokenizes them one by one, begin alike
+        (system message, image, chat markup): that shared opening comes once, followed by each
+        task's remaining tokens as a block of their own. `attention_mask` [B, 1, L, L] lets a
+        block see the opening and itself only, and every token keeps the position (multimodal
+        rope included) it has in its own sequence, so each task's loss and gradients are those
+        of `encode`'s sequence while the image and the system prompt are encoded once.
+        `labels` hold the answer tokens only; each block starts with a prompt token, so no
+        target is predicted across blocks.
+        """
+        from emovlm_kd.errors import UserError
+
+        processed = self.process_images(images)
+        image_texts = self.image_texts(processed)
+        owners = [image for image, prompts in enumerate(prompts_per_image) for _ in prompts]
+        rows = [self._sequence(image_texts[image], prompt, answer)
+                for image, (prompts, answers) in enumerate(zip(prompts_per_image, answers_per_image, strict=True))
+                for prompt, answer in zip(prompts, answers, strict=True)]
+        # The N tasks as `encode` batches them, each its own sequence; their positions come
+        # from the family's hooks and are gathered, with ids and labels, into the packed rows.
+        separate = self._left_pad([ids for ids, _ in rows], [labels for _, labels in rows])
+        separate.update(self.token_inputs(separate["input_ids"]))
+        # Image inputs the language model reads besides pixels have one row per image (Qwen's grids).
+        separate.update({key: processed[key][owners] for key in self.image_input_keys if key in self.scoring_input_keys})
+        positions, _ = self.prompt_positions(separate)  # [..., N, T]
+        width = separate["input_ids"].shape[1]
+
+        # Per image: where each packed token comes from (task, column of `separate`), and its block.
+        sources, blocks = [], []
+        first = 0
+        for prompts in prompts_per_image:
+            members = range(first, first + len(prompts))
+            first += len(prompts)
+            shared = self._shared_length([rows[n] for n in members])
+            start = {n: width - len(rows[n][0]) for n in members}  # each task's first column, after its padding
+            # The opening is read off the first task: every task has its tokens, at its positions.
+            opening = positions[..., members[0], start[members[0]] : start[members[0]] + shared]
+            assert all(torch.equal(positions[..., n, start[n] : start[n] + shared], opening) for n in members)
+            source = [(members[0], start[members[0]] + column) for column in range(shared)]
+            block = [0] * shared
+            for number, n in enumerate(members, start=1):
+                source += [(n, start[n] + column) for column in range(shared, len(rows[n][0]))]
+                block += [number] * (len(rows[n][0]) - shared)
+            sources.append(source)
+            blocks.append(block)
+        length = max(map(len, blocks))
+        # [B, L] each, left-padded; padding reads task 0's first column (its ids and labels are
+        # replaced, its positions never attended).
+        task = torch.tensor([[0] * (length - len(source)) + [n for n, _ in source] for source in sources])
+        column = torch.tensor([[0] * (length - len(source)) + [c for _, c in source] for source in sources])
+        block = torch.tensor([[-1] * (length - len(row)) + row for row in blocks])
+        real = block >= 0
+        input_ids = separate["input_ids"][task, column].masked_fill(~real, self.pad_token_id)
+        labels = separate["labels"][task, column].masked_fill(~real, -100)
+        if (input_ids[block > 0] == self.image_token_id).any():
+            raise UserError(f"the tasks of an image cannot be packed for {self.family}, whose chat puts the image "
+                            "after the task's prompt; set instruct.pack_tasks=false.")
+        # HF's loss predicts each label from the token before it: a block's first token must be no target.
+        opens = block[:, 1:] != block[:, :-1]
+        assert (labels[:, 1:][opens] == -100).all()
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": self._attention_bias(block_attention(block)),
+            "position_ids": positions[..., task, column],
+            "labels": labels,
+        }
+        inputs.update(self.token_inputs(input_ids))
+        inputs.update({key: processed[key] for key in self.image_input_keys})
+        return inputs
+
+    def _sequence(self, image_text: str, prompt: str, answer: str | None) -> tuple[list[int], list[int]]:
+        """Token ids of one chat, prompt then answer (where given), and its labels: the answer's
+        tokens, -100 before them."""
+        # The tokenizer's own specials (a BOS for Llama-style ones) open the prompt.
+        prompt_ids = self.tokenizer(self.prompt_text(prompt, image_text)).input_ids
+        answer_ids = self.answer_ids(answer) if answer is not None else []
+        return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+    @staticmethod
+    def _shared_length(rows: list[tuple[list[int], list[int]]]) -> int:
+        """How many leading tokens the sequences `rows` (ids, labels) share, stopping short of
+        the end of the shortest prompt: every block then starts with a prompt token."""
+        prompt_lengths = [next(i for i, label in enumerate(labels) if label != -100) for _, labels in rows]
+        shared = 0
+        while shared < min(prompt_lengths) - 1 and len({ids[shared] for ids, _ in rows}) == 1:
+            shared += 1
+        return shared
 
     def _left_pad(self, sequences: list[list[int]], label_rows: list[list[int]] | None):
         # The tokenizer's own padding, on the left: every prompt's last token then sits in
@@ -494,8 +585,8 @@ class VLMAdapter(ABC):
                 ~allowed, torch.finfo(dtype).min)
         from emovlm_kd.errors import UserError
 
-        raise UserError(f"exact label scoring needs 'sdpa' or 'eager' attention, not {implementation!r}; "
-                        "load the model with attn_implementation='sdpa'.")
+        raise UserError(f"exact label scoring and packed tasks need 'sdpa' or 'eager' attention, not "
+                        f"{implementation!r}; load the model with attn_implementation='sdpa'.")
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 48) -> list[str]:
