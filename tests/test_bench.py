@@ -12,7 +12,7 @@ from emovlm_kd.apps.cli import main
 def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--preset", "tiny", "--images", "2", "--train-images", "2", "--repeats", "1",
-                 "--batch-sizes", "1,2", "--predict-images", "3", "--out", str(out)])
+                 "--batch-sizes", "1,2", "--predict-images", "3", "--instruct-images", "1", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
@@ -36,6 +36,22 @@ def test_reference_and_ours_predict_the_same_shape(tiny_adapter):
     ours = models.pipeline.predict_images([image])[0]
     assert reference.shape == (1, 6) and abs(float(reference.sum()) - 1) < 1e-5
     assert set(ours.probs) == set(models.taxonomy.labels)
+
+
+def test_the_instruct_timing_leaves_the_vlm_as_it_was():
+    """The instruction-tuning figure trains a LoRA adapter on the bench's VLM, then removes it."""
+    import torch
+
+    from emovlm_kd.apps.bench.instruct import instruct_figures
+
+    models = Models("tiny", 0)
+    before = {name: tensor.clone() for name, tensor in models.adapter.model.state_dict().items()}
+    result = instruct_figures(models, bench_images(1, 0, size=112))
+    after = models.adapter.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+    assert not models.adapter.model.training
+    tokens = result["instruct"]["answer_tokens"]
+    assert tokens["classification"] < 60 <= tokens["observation"] < 120 <= tokens["inference"]
 
 
 def test_bad_bench_arguments_say_what_is_wrong(capsys):

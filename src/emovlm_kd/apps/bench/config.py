@@ -17,6 +17,9 @@ class BenchConfig:
                                            metavar="SIZES")
     # The reference regenerates its inputs in every epoch: a few images show the gap.
     train_images: int = setting(8, "images for the stage 2+3 training comparison (at most --images)", metavar="N")
+    # Every image costs a few seconds per task on a CPU; the ratio is much the same for each.
+    instruct_images: int = setting(4, "images for the instruction-tuning comparison, one epoch each way (at most "
+                                   "--images)", metavar="N")
     predict_images: int = setting(64, "JPEGs of mixed sizes that `predict` reads from disk for predict_end_to_end_ratio",
                                   metavar="N")
     device: str = setting("auto", "cpu, cuda or cuda:N; auto: the GPU in bf16 where there is one, else the CPU "
@@ -27,7 +30,9 @@ class BenchConfig:
 
     def __post_init__(self):
         self.batch_sizes = tuple(sorted(set(self.batch_sizes)))
-        if min(self.batch_sizes) < 1 or 1 not in self.batch_sizes or min(self.images, self.repeats, self.train_images, self.predict_images) < 1:
-            raise UserError("--images, --repeats, --train-images and --predict-images must be at least 1, and "
-                            "--batch-sizes must include 1.", exit_code=2)
+        counts = (self.images, self.repeats, self.train_images, self.instruct_images, self.predict_images)
+        if min(self.batch_sizes) < 1 or 1 not in self.batch_sizes or min(counts) < 1:
+            raise UserError("--images, --repeats, --train-images, --instruct-images and --predict-images must be at "
+                            "least 1, and --batch-sizes must include 1.", exit_code=2)
         self.train_images = min(self.train_images, self.images)
+        self.instruct_images = min(self.instruct_images, self.images)
