@@ -290,6 +290,26 @@ def test_annotations_add_the_observation_and_inference_tasks(small_manifest, tmp
     assert {e.answer for e in examples if e.task == "observation"} == {"A round yellow face."}
 
 
+def test_instruct_views_add_classification_examples_on_the_distillation_views(small_manifest, tmp_path):
+    """instruct.views=2: each training image's classification task also on its views 1 and 2,
+    the same seeded pixels distillation uses (so a view is the same image in both stages)."""
+    from emovlm_kd.run_folder import RunFolder
+    from emovlm_kd.stages.caches import view_images, view_keys
+    from emovlm_kd.stages.instruct import build_examples
+
+    config = fast_config(small_manifest, tmp_path / "cache", "instruct.annotations=none", "instruct.views=2")
+    run = RunFolder.create(config, tmp_path / "run")
+    train = run.dataset.split("train")
+    examples, summary = build_examples(run)
+    assert summary["classification"] == 3 * len(train) and summary["classification_views"] == 2 * len(train)
+    views = [e for e in examples if e.view == 2]
+    assert [e.image for e in views] == [s.path for s in train]
+    assert all(e.task == "classification" and e.answer == f"{{'emotion': '{s.label}'}}" for e, s in zip(views, train))
+    expected = view_images(train[:1], view_keys(run, train[:1], 2), 2)[0]
+    assert views[0].load().tobytes() == expected.tobytes()
+    assert views[0].load().tobytes() != examples[0].load().tobytes()  # a view is not the image itself
+
+
 def test_predict_explain_adds_one_sentence(trained, sample_root, capsys):
     run_dir, _, _ = trained
     image = sorted((sample_root / "test" / "fear").iterdir())[0]

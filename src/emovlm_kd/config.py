@@ -92,6 +92,10 @@ class InstructStageConfig:
     # for its other tasks and epochs (the vision side is frozen, so they never change).
     # Costs tokens x width x images of memory: for small datasets (the demo), not FI at 7B.
     reuse_visual_tokens: bool = False
+    # Augmented views of each training image (the distillation views: crop, rotation, flip,
+    # colour) added to the classification task; a view keeps its image's label. 0: the
+    # paper's setting. Helps a VLM tuned on few images meet unseen ones (the demo's).
+    views: int = 0
 
 
 @dataclass(kw_only=True)

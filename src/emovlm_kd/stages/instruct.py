@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import Trainer
 
+from emovlm_kd.augment import distillation_view
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
 from emovlm_kd.models.parameters import count_parameters
@@ -30,6 +32,7 @@ from emovlm_kd.prompts import (
     classification_prompt,
 )
 from emovlm_kd.run_folder import RunFolder, load_rgb
+from emovlm_kd.stages.caches import view_keys
 from emovlm_kd.stages.hf_trainer import training_arguments
 from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.tracking import trainer_tracking
@@ -43,6 +46,18 @@ class Example:
     task: str
     prompt: str
     answer: str
+    # Which augmented view of the image (0: the image itself), and its cache key.
+    view: int = 0
+    view_key: str = ""
+
+    @property
+    def picture(self) -> tuple[Path, int]:
+        """What the model sees: the image and the view of it."""
+        return self.image, self.view
+
+    def load(self):
+        image = load_rgb(self.image)
+        return image if self.view == 0 else distillation_view(image, random.Random(self.view_key))
 
 
 def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
@@ -53,7 +68,14 @@ def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
         Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label))
         for s in train
     ]
+    for view in range(1, config.views + 1):
+        examples.extend(
+            Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label), view, key)
+            for s, key in zip(train, view_keys(run, train, view))
+        )
     summary = {"classification": len(examples), "observation": 0, "inference": 0, "flagged_excluded": 0}
+    if config.views:
+        summary["classification_views"] = len(train) * config.views
     if annotations_file(config) is not None:
         data_root = Path(run.config.data.root)
         # Relative image paths are relative to the dataset folder (a manifest's folder).
@@ -177,19 +199,19 @@ def training_sequences(examples: list[Example], pack_tasks: bool) -> list[tuple[
     """The Trainer's items: each image's tasks together where packed, else one example each."""
     if not pack_tasks:
         return [(example,) for example in examples]
-    by_image: dict[Path, list[Example]] = {}
+    by_image: dict[tuple[Path, int], list[Example]] = {}
     for example in examples:
-        by_image.setdefault(example.image, []).append(example)
+        by_image.setdefault(example.picture, []).append(example)
     return [tuple(tasks) for tasks in by_image.values()]
 
 
 def encode_batch(adapter, batch: list[tuple[Example, ...]]) -> dict:
     """A training batch: each item's image decoded (here, in a DataLoader worker), its tasks
     packed into one sequence, logits kept where the loss needs them."""
-    images = [load_rgb(tasks[0].image) for tasks in batch]
+    images = [tasks[0].load() for tasks in batch]
     inputs = adapter.encode_packed(images, [[task.prompt for task in tasks] for tasks in batch],
                                    [[task.answer for task in tasks] for tasks in batch])
-    return dict(keep_answer_logits(inputs), image_keys=[tasks[0].image for tasks in batch])
+    return dict(keep_answer_logits(inputs), image_keys=[tasks[0].picture for tasks in batch])
 
 
 def apply_lora(adapter, config, quantized: bool):
