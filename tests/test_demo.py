@@ -8,7 +8,7 @@ from emovlm_kd.apps.cli import main
 
 def test_demo_trains_every_stage_and_the_fusion_works(tmp_path, capsys):
     out = tmp_path / "runs" / "demo"
-    code = main(["demo", "--out", str(out), "teacher.epochs=2", "instruct.epochs=1", "distill.views=2",
+    code = main(["demo", "--out", str(out), "teacher.epochs=2", "instruct.epochs=1", "instruct.views=1", "distill.views=2",
                  "distill.epochs=20"])
     stdout, stderr = capsys.readouterr()
     assert code == 0 and "Traceback" not in stderr
@@ -32,7 +32,8 @@ def test_demo_trains_every_stage_and_the_fusion_works(tmp_path, capsys):
     assert history[-1] < 0.5 * history[0], history
     # The VLM learnt all three tasks: it was tuned on the sample's annotations.
     examples = run.stage_metrics("instruct")["examples"]
-    assert examples["observation"] == examples["inference"] == examples["classification"] == 240
+    assert examples["observation"] == examples["inference"] == 240
+    assert examples["classification"] == 240 + examples["classification_views"] == 480  # and one view of each
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["gate_trained_on"] == "val" and not metrics["gate_saw_these_images"]
 
