@@ -310,6 +310,31 @@ def test_instruct_views_add_classification_examples_on_the_distillation_views(sm
     assert views[0].load().tobytes() != examples[0].load().tobytes()  # a view is not the image itself
 
 
+def test_instruct_leaves_each_picture_it_encoded_in_the_visual_feature_cache(small_manifest, tmp_path):
+    """With reused visual tokens, instruct's tower pass on an image or view also fills the
+    cache distillation reads, with the features distillation would compute itself."""
+    import torch
+
+    from emovlm_kd.cache import TensorCache
+    from emovlm_kd.models.tuned import TunedVLM
+    from emovlm_kd.stages.caches import view_images, view_keys, visual_fingerprint
+    from emovlm_kd.stages.runner import train
+
+    config = fast_config(small_manifest, tmp_path / "cache", "instruct.annotations=none", "instruct.views=1",
+                         "instruct.reuse_visual_tokens=true", "instruct.epochs=1", "instruct.workers=0")
+    run = train(config, tmp_path / "run", stages=("instruct",))
+    samples = run.dataset.split("train")
+    vlm = TunedVLM(run.load_tuned_vlm)
+    rows = TensorCache(run.cache_root, "visual", visual_fingerprint(run, vlm)).rows()
+    for view in (0, 1):
+        keys = view_keys(run, samples, view)
+        assert all(key in rows for key in keys)
+        adapter = vlm()
+        with torch.no_grad():
+            fresh = adapter.visual_tokens(adapter.encode_images(view_images(samples[:3], keys[:3], view))).pooled()
+        torch.testing.assert_close(torch.stack([rows[key] for key in keys[:3]]), fresh, atol=1e-4, rtol=1e-4)
+
+
 def test_predict_explain_adds_one_sentence(trained, sample_root, capsys):
     run_dir, _, _ = trained
     image = sorted((sample_root / "test" / "fear").iterdir())[0]

@@ -20,11 +20,12 @@ import torch
 from transformers import Trainer
 
 from emovlm_kd.augment import distillation_view
+from emovlm_kd.cache import TensorCache
 from emovlm_kd.data.annotations import read_annotations
 from emovlm_kd.errors import UserError
 from emovlm_kd.models.parameters import count_parameters
 from emovlm_kd.models.registry import load_vlm
-from emovlm_kd.models.tuned import resolve_method
+from emovlm_kd.models.tuned import TunedVLM, resolve_method
 from emovlm_kd.prompts import (
     INFERENCE_PROMPT,
     OBSERVATION_PROMPT,
@@ -32,12 +33,14 @@ from emovlm_kd.prompts import (
     classification_prompt,
 )
 from emovlm_kd.run_folder import RunFolder, load_rgb
-from emovlm_kd.stages.caches import view_keys
+from emovlm_kd.stages.caches import view_keys, visual_fingerprint
 from emovlm_kd.stages.hf_trainer import training_arguments
 from emovlm_kd.stages.registry import finish_stage
 from emovlm_kd.tracking import trainer_tracking
 
 log = logging.getLogger("emovlm_kd")
+# Pooled features are written to the visual-feature cache in shards of this many rows.
+FEATURE_FLUSH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,14 @@ class Example:
     task: str
     prompt: str
     answer: str
-    # Which augmented view of the image (0: the image itself), and its cache key.
+    # What the model sees: the cache key of the image (its content hash), or of one of its
+    # augmented views (`view` >= 1, seeded by the key: the pixels distillation uses).
+    picture: str
     view: int = 0
-    view_key: str = ""
-
-    @property
-    def picture(self) -> tuple[Path, int]:
-        """What the model sees: the image and the view of it."""
-        return self.image, self.view
 
     def load(self):
         image = load_rgb(self.image)
-        return image if self.view == 0 else distillation_view(image, random.Random(self.view_key))
+        return image if self.view == 0 else distillation_view(image, random.Random(self.picture))
 
 
 def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
@@ -65,14 +64,11 @@ def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
     train = run.dataset.split("train")
     config = run.config.instruct
     examples = [
-        Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label))
-        for s in train
+        Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label), key, view)
+        for view in range(config.views + 1)
+        for s, key in zip(train, view_keys(run, train, view))
     ]
-    for view in range(1, config.views + 1):
-        examples.extend(
-            Example(s.path, "classification", classification_prompt(taxonomy), classification_answer(s.label), view, key)
-            for s, key in zip(train, view_keys(run, train, view))
-        )
+    pictures = dict(zip((s.path for s in train), run.image_keys(train)))
     summary = {"classification": len(examples), "observation": 0, "inference": 0, "flagged_excluded": 0}
     if config.views:
         summary["classification_views"] = len(train) * config.views
@@ -88,8 +84,9 @@ def build_examples(run: RunFolder) -> tuple[list[Example], dict]:
             if record.flags and not config.include_flagged:
                 summary["flagged_excluded"] += 1
                 continue
-            examples.append(Example(sample.path, "observation", OBSERVATION_PROMPT, record.key_elements))
-            examples.append(Example(sample.path, "inference", INFERENCE_PROMPT, record.reasoning))
+            picture = pictures[sample.path]
+            examples.append(Example(sample.path, "observation", OBSERVATION_PROMPT, record.key_elements, picture))
+            examples.append(Example(sample.path, "inference", INFERENCE_PROMPT, record.reasoning, picture))
             summary["observation"] += 1
             summary["inference"] += 1
         summary["annotated_train_images"] = summary["observation"]
@@ -136,10 +133,19 @@ class VisualTokenReuse:
     reads: the merged tokens (`pooler_output`) and, for families that inject features into
     later layers (Qwen3-VL's deepstack), each such layer's part too."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, features: TensorCache | None = None):
         self.adapter = adapter
         self.output_class = None
         self.parts: dict[object, dict[str, object]] = {}
+        # The visual-feature cache distillation reads: each new picture's pooled tokens go
+        # there too, so the tower does not run on it again (`keys` must be its cache keys).
+        self.features = features
+        self.pending: dict[str, torch.Tensor] = {}
+
+    def flush(self) -> None:
+        if self.features is not None:
+            self.features.add(self.pending)
+        self.pending = {}
 
     @staticmethod
     def split(output, count: int) -> list[dict[str, object]]:
@@ -171,10 +177,15 @@ class VisualTokenReuse:
         keeps every image's tokens. Packed, all tasks of an image are in its batch, so a batch
         is all new (first epoch) or all seen."""
         if any(key not in self.parts for key in keys):
-            output = self.adapter.visual_tokens(inputs).encoder_output
+            visual = self.adapter.visual_tokens(inputs)
+            output = visual.encoder_output
             self.output_class = type(output)
             for key, row in zip(keys, self.split(output, len(keys))):
                 self.parts.setdefault(key, row)
+            if self.features is not None:
+                self.pending.update(zip(keys, visual.pooled().cpu()))
+                if len(self.pending) >= FEATURE_FLUSH_ROWS:
+                    self.flush()
         pixels_only = set(self.adapter.image_input_keys) - set(self.adapter.scoring_input_keys)
         kept = {key: value for key, value in inputs.items() if key not in pixels_only}
         return dict(kept, mm_encoder_outputs={"image": self.join([self.parts[key] for key in keys])})
@@ -199,7 +210,7 @@ def training_sequences(examples: list[Example], pack_tasks: bool) -> list[tuple[
     """The Trainer's items: each image's tasks together where packed, else one example each."""
     if not pack_tasks:
         return [(example,) for example in examples]
-    by_image: dict[tuple[Path, int], list[Example]] = {}
+    by_image: dict[str, list[Example]] = {}
     for example in examples:
         by_image.setdefault(example.picture, []).append(example)
     return [tuple(tasks) for tasks in by_image.values()]
@@ -249,7 +260,10 @@ def train(run: RunFolder) -> dict:
     model = adapter.model if method == "full" else apply_lora(adapter, config, quantized=method == "qlora")
     trainable = count_parameters(model, trainable_only=True)
 
-    reuse = VisualTokenReuse(adapter) if config.reuse_visual_tokens else None
+    reuse = None
+    if config.reuse_visual_tokens:
+        features = TensorCache(run.cache_root, "visual", visual_fingerprint(run, TunedVLM(lambda: adapter)))
+        reuse = VisualTokenReuse(adapter, features)
     sequences = training_sequences(examples, config.pack_tasks)
 
     stage_dir = run.stage_dir("instruct")
@@ -274,6 +288,8 @@ def train(run: RunFolder) -> dict:
     trainer = InstructTrainer(model=model, args=args, train_dataset=sequences, callbacks=callbacks, reuse=reuse,
                               data_collator=functools.partial(encode_batch, adapter))
     trainer.train()
+    if reuse is not None:
+        reuse.flush()
     model.eval()
     metrics = {
         "method": method,
