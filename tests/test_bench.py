@@ -20,6 +20,7 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
         assert result[key] > 0, key
         assert key in stdout
     assert result["images_per_second_best"] > 0
+    assert "seconds per image (ours)" in stdout
     assert set(result["targets"]) == set(TARGETS)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0

@@ -191,4 +191,7 @@ def format_bench(result: dict) -> str:
     lines.append(f"{'head_gate_param_overhead_pct':<32} {result['head_gate_param_overhead_pct']:>10.3f}  (reported)")
     lines.append(f"{'images_per_second (best batch)':<32} {result['images_per_second_best']:>10.2f}  "
                  f"(batch {result['best_batch_size']})")
+    ours = {int(key.removeprefix("ours_batch")): seconds for key, seconds in result["seconds_per_image"].items()
+            if key.startswith("ours_batch")}
+    lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
     return "\n".join(lines)
