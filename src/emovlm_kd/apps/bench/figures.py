@@ -349,6 +349,7 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
              ("stage 2+3 training", lambda: training_figures(models, images[: config.train_images], config)),
              ("memory", lambda: memory_figures(models, images, config)),
              ("predict from disk", lambda: predict_figures(models, config, result["best_batch_size"])))
+    parts += optional_parts(models, images, config, result)
     for name, measure in parts:
         progress(f"bench: {name} ...")
         result.update(measure())
@@ -357,6 +358,14 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
         if checkpoint is not None:
             checkpoint(result)
     return result
+
+
+def optional_parts(models: Models, images: list[Image.Image], config: BenchConfig, result: dict) -> tuple:
+    """The parts asked for by flag, each at the best batch size found by the inference part."""
+    from emovlm_kd.apps.bench.profile import profile_figures
+
+    parts = {"profile": (config.profile, lambda: {"profile": profile_figures(models, images, result["best_batch_size"])})}
+    return tuple((name, measure) for name, (wanted, measure) in parts.items() if wanted)
 
 
 def _machine(device: torch.device, dtype: torch.dtype) -> dict:

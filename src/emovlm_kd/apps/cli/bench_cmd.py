@@ -18,7 +18,7 @@ def register(subparsers, help_text: str) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.bench.figures import run_bench
-    from emovlm_kd.apps.report.tables import format_bench
+    from emovlm_kd.apps.report.tables import format_bench, format_profile
     from emovlm_kd.errors import UserError
     from emovlm_kd.io import atomic_write_text
     from emovlm_kd.models.registry import get_preset
@@ -40,5 +40,7 @@ def execute(args: argparse.Namespace) -> int:
 
     result = run_bench(config, checkpoint=checkpoint)
     print(format_bench(result))
+    if "profile" in result:
+        print(format_profile(result["profile"]))
     print(f"figures written to {args.out}")
     return 0

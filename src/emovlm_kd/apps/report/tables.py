@@ -195,3 +195,19 @@ def format_bench(result: dict) -> str:
             if key.startswith("ours_batch")}
     lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
     return "\n".join(lines)
+
+
+def format_profile(profile: dict) -> str:
+    """`bench --profile`: one batch's time by part, the attention kernels and the top operators."""
+    total = profile["seconds"]
+    lines = [f"profile of one batch of {profile['batch_size']} images on {profile['device']} "
+             f"({profile['threads']} CPU threads): {total:.3f} s",
+             "  " + ", ".join(f"{part} {100 * seconds / total:.0f}%" for part, seconds in profile["split_seconds"].items())]
+    for row in profile["attention"]:
+        mask = f"{row['mask']} boolean mask" if row["mask"] else "no mask"
+        lines.append(f"  attention, {row['tower']}: {row['kernel']} x{row['calls']}, query {row['query']}, {mask}")
+    lines.append(f"  top operators by self {profile['self_time']} time:")
+    for operator in profile["top_operators"]:
+        lines.append(f"    {operator['name'][:50]:<50} {operator['self_ms']:>9.1f} ms {100 * operator['share']:>5.1f}% "
+                     f"{operator['calls']:>5} calls")
+    return "\n".join(lines)
