@@ -5,8 +5,10 @@ import json
 
 import pytest
 
+from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.figures import TARGETS, Models, bench_images
 from emovlm_kd.apps.bench.profile import profile_figures
+from emovlm_kd.apps.bench.serve import serve_figures
 from emovlm_kd.apps.cli import main
 from emovlm_kd.apps.report.tables import format_profile
 
@@ -18,13 +20,14 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
-    for key in (*TARGETS, "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
+    for key in (*(set(TARGETS) - {"serve_ratio"}), "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
         assert result[key] > 0, key
         assert key in stdout
     assert result["images_per_second_best"] > 0
     assert "seconds per image (ours)" in stdout
-    assert "profile" not in result  # only with --profile
-    assert set(result["targets"]) == set(TARGETS)
+    # The parts behind --profile and --serve did not run, and their figures are not checked.
+    assert "profile" not in result and "serve_ratio" not in result
+    assert set(result["targets"]) == set(TARGETS) - {"serve_ratio"}
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
     predict = result["predict"]
@@ -50,6 +53,16 @@ def test_the_profile_splits_one_batch_and_names_its_attention_kernels(tiny_adapt
     assert any(row["tower"] == "vision tower" for row in profile["attention"])
     text = format_profile(profile)
     assert "language model" in text and operators[0]["name"] in text
+
+
+def test_the_serve_part_times_the_server_against_predict(tiny_adapter):
+    models = Models("tiny", 0)
+    result = serve_figures(models, bench_images(4, 0, size=112), BenchConfig(preset="tiny", repeats=1), batch_size=4)
+    serve = result["serve"]
+    assert result["serve_ratio"] > 0
+    assert serve["clients"] == 16 and serve["requests"] >= 16 and serve["batch_size"] == 4
+    assert serve["server_images_per_second"] / serve["predict_images_per_second"] == pytest.approx(result["serve_ratio"])
+    assert 1 <= serve["mean_batch_size"] <= 4 and 0 < serve["model_busy"] <= 1
 
 
 def test_reference_and_ours_predict_the_same_shape(tiny_adapter):

@@ -37,6 +37,7 @@ TARGETS = {
     "stage23_train_speedup": (">=", 10.0),
     "predict_end_to_end_ratio": ("<=", 1.10),
     "batch_scaling": ("<=", 1.05),
+    "serve_ratio": (">=", 0.8),  # with --serve
 }
 HEAD_EPOCHS, GATE_EPOCHS = 5, 10
 
@@ -363,8 +364,10 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
 def optional_parts(models: Models, images: list[Image.Image], config: BenchConfig, result: dict) -> tuple:
     """The parts asked for by flag, each at the best batch size found by the inference part."""
     from emovlm_kd.apps.bench.profile import profile_figures
+    from emovlm_kd.apps.bench.serve import serve_figures
 
-    parts = {"profile": (config.profile, lambda: {"profile": profile_figures(models, images, result["best_batch_size"])})}
+    parts = {"profile": (config.profile, lambda: {"profile": profile_figures(models, images, result["best_batch_size"])}),
+             "serve": (config.serve, lambda: serve_figures(models, images, config, result["best_batch_size"]))}
     return tuple((name, measure) for name, (wanted, measure) in parts.items() if wanted)
 
 

@@ -194,6 +194,11 @@ def format_bench(result: dict) -> str:
     ours = {int(key.removeprefix("ours_batch")): seconds for key, seconds in result["seconds_per_image"].items()
             if key.startswith("ours_batch")}
     lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
+    if "serve" in result:
+        serve = result["serve"]
+        lines.append(f"{'serve (images/s)':<32} server {serve['server_images_per_second']:.2f} vs predict "
+                     f"{serve['predict_images_per_second']:.2f}, {serve['clients']} clients, batch {serve['batch_size']} "
+                     f"(mean {serve['mean_batch_size']:.1f}), model busy {100 * serve['model_busy']:.0f}%")
     return "\n".join(lines)
 
 
