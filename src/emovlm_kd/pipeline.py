@@ -101,10 +101,11 @@ class EmoVLMKD:
 
         On a CPU the elementwise layers (activations, gating products, rotary embeddings,
         residual adds) are bound by memory traffic; once a call's activations outgrow the
-        cache, each image costs more (`emovlm-kd bench --profile` shows `mul`, `silu` and
-        `sigmoid` per image growing several-fold from batch 4 to 16 on a 32 MiB cache), while
-        the matrix products gain nothing from a larger batch. The MLP's gate, up and product,
-        three [images x T, intermediate] tensors, are the widest ones alive together.
+        cache, each image costs more: on the `bench` preset with a 32 MiB cache, torch's
+        profiler puts `mul`, `silu` and `sigmoid` per image at several times their batch-1
+        cost at batch 16, while the matrix products and attention stay flat. The MLP's gate,
+        up and product, three [images x T, intermediate] tensors, are the widest ones alive
+        together. Sizing the chunks costs one more image processed per call.
         """
         if self.adapter.device.type != "cpu" or self.cpu_cache_bytes is None or len(images) < 2:
             return max(1, len(images))
