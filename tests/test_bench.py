@@ -5,8 +5,12 @@ import json
 
 import pytest
 
+from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.figures import TARGETS, Models, bench_images
+from emovlm_kd.apps.bench.profile import profile_figures
+from emovlm_kd.apps.bench.serve import serve_figures
 from emovlm_kd.apps.cli import main
+from emovlm_kd.apps.report.tables import format_profile
 
 
 def test_bench_writes_every_figure_and_target(tmp_path, capsys):
@@ -16,17 +20,49 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
-    for key in (*TARGETS, "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
+    for key in (*(set(TARGETS) - {"serve_ratio"}), "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
         assert result[key] > 0, key
         assert key in stdout
     assert result["images_per_second_best"] > 0
-    assert set(result["targets"]) == set(TARGETS)
+    assert "seconds per image (ours)" in stdout
+    # The parts behind --profile and --serve did not run, and their figures are not checked.
+    assert "profile" not in result and "serve_ratio" not in result
+    assert set(result["targets"]) == set(TARGETS) - {"serve_ratio"}
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
     predict = result["predict"]
     assert predict["images"] == 3 and predict["batch_size"] == result["best_batch_size"]
     assert result["predict_end_to_end_ratio"] == pytest.approx(
         predict["model_images_per_second"] / predict["predict_images_per_second"])
+
+
+def test_the_profile_splits_one_batch_and_names_its_attention_kernels(tiny_adapter):
+    models = Models("tiny", 0)
+    profile = profile_figures(models, bench_images(3, 0, size=112), batch_size=2, top=5)
+    assert profile["batch_size"] == 2 and profile["self_time"] == "cpu"
+    split = profile["split_seconds"]
+    assert set(split) == {"preprocessing", "vision tower", "language model", "scoring"}
+    assert split["vision tower"] > 0 and split["language model"] > 0
+    assert sum(split.values()) == pytest.approx(profile["seconds"], rel=0.5)
+    operators = profile["top_operators"]
+    assert len(operators) == 5 and operators[0]["self_ms"] >= operators[-1]["self_ms"] > 0
+    assert all(operator["name"] not in ("vision tower", "language model") for operator in operators)
+    # The scoring forward's packed answers attend through a [B, 1, Q, Q] boolean mask.
+    language = [row for row in profile["attention"] if row["tower"] == "language model"]
+    assert language and all(row["mask"][:2] == [2, 1] and row["query"][0] == 2 for row in language)
+    assert any(row["tower"] == "vision tower" for row in profile["attention"])
+    text = format_profile(profile)
+    assert "language model" in text and operators[0]["name"] in text
+
+
+def test_the_serve_part_times_the_server_against_predict(tiny_adapter):
+    models = Models("tiny", 0)
+    result = serve_figures(models, bench_images(4, 0, size=112), BenchConfig(preset="tiny", repeats=1), batch_size=4)
+    serve = result["serve"]
+    assert result["serve_ratio"] > 0
+    assert serve["clients"] == 16 and serve["requests"] >= 16 and serve["batch_size"] == 4
+    assert serve["server_images_per_second"] / serve["predict_images_per_second"] == pytest.approx(result["serve_ratio"])
+    assert 1 <= serve["mean_batch_size"] <= 4 and 0 < serve["model_busy"] <= 1
 
 
 def test_reference_and_ours_predict_the_same_shape(tiny_adapter):

@@ -93,7 +93,7 @@ def peak_allocation(function: Callable[[], object], device: torch.device) -> int
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         function()
     changes = sorted(
         (event.time_range.start, event.self_cpu_memory_usage)
@@ -108,8 +108,8 @@ def peak_allocation(function: Callable[[], object], device: torch.device) -> int
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    # The profiler's native tracer prints start/stop lines straight to file descriptor 2.
+def quiet_stderr():
+    """Silence file descriptor 2, where the profiler's native tracer prints start/stop lines."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as devnull:

@@ -38,6 +38,8 @@ TARGETS = {
     "stage23_train_speedup": (">=", 10.0),
     "predict_end_to_end_ratio": ("<=", 1.10),
     "instruct_speedup": (">=", 1.8),
+    "batch_scaling": ("<=", 1.05),
+    "serve_ratio": (">=", 0.8),  # with --serve
 }
 HEAD_EPOCHS, GATE_EPOCHS = 5, 10
 
@@ -144,7 +146,8 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     """Per-image times of the reference and of ours at each batch size, and the ratios.
 
     Each ratio comes from timings taken in pairs (see `paired_ratio`); the batch sweep
-    alone only picks our best batch size.
+    alone only picks our best batch size. `batch_scaling` is ours at the largest batch size
+    over ours at the best one, per image: above 1, large batches cost each image more.
     """
 
     def reference(batch):
@@ -165,6 +168,11 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
         reference, ours, _batches(images, 1), repeats)
     speedup, _, per_image[f"ours_batch{best}"] = paired_ratio(reference, ours, _batches(images, best), repeats)
     floor_ratio, _, per_image[f"floor_batch{best}"] = paired_ratio(ours, floor, _batches(images, best), repeats)
+    largest = max(config.batch_sizes)
+    scaling = 1.0
+    if best != largest:  # the same images both ways: whole, and in batches of the best size
+        scaling, _, _ = paired_ratio(ours, lambda batch: _over(ours, _batches(batch, best))(),
+                                     _batches(images, largest), repeats)
     return {
         "seconds_per_image": per_image,
         "best_batch_size": best,
@@ -172,6 +180,7 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
         "inference_speedup_batch1": speedup1,
         "inference_speedup_batched": speedup,
         "floor_ratio": floor_ratio,
+        "batch_scaling": scaling,
     }
 
 
@@ -296,7 +305,13 @@ def memory_figures(models: Models, images: list[Image.Image], config: BenchConfi
 
     @torch.no_grad()
     def emovlm_kd():
-        models.pipeline.predict_images(batch)
+        # The batch taken whole, as the alternative takes it (no CPU chunks): the figure
+        # compares one model with two, not batch sizes.
+        cache, models.pipeline.cpu_cache_bytes = models.pipeline.cpu_cache_bytes, None
+        try:
+            models.pipeline.predict_images(batch)
+        finally:
+            models.pipeline.cpu_cache_bytes = cache
 
     @torch.no_grad()
     def dual():
@@ -342,9 +357,10 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
     parts = (("inference", lambda: inference_figures(models, images, config)),
              ("stage 2+3 training", lambda: training_figures(models, images[: config.train_images], config)),
              ("memory", lambda: memory_figures(models, images, config)),
-             ("predict from disk", lambda: predict_figures(models, config, result["best_batch_size"])),
-             # Last: it adds a LoRA adapter to the VLM for its timing (removed after).
-             ("instruction tuning", lambda: instruct_figures(models, images[: config.instruct_images])))
+             ("predict from disk", lambda: predict_figures(models, config, result["best_batch_size"])))
+    parts += optional_parts(models, images, config, result)
+    # Last: it adds a LoRA adapter to the VLM for its timing (removed after).
+    parts += (("instruction tuning", lambda: instruct_figures(models, images[: config.instruct_images])),)
     for name, measure in parts:
         progress(f"bench: {name} ...")
         result.update(measure())
@@ -353,6 +369,16 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
         if checkpoint is not None:
             checkpoint(result)
     return result
+
+
+def optional_parts(models: Models, images: list[Image.Image], config: BenchConfig, result: dict) -> tuple:
+    """The parts asked for by flag, each at the best batch size found by the inference part."""
+    from emovlm_kd.apps.bench.profile import profile_figures
+    from emovlm_kd.apps.bench.serve import serve_figures
+
+    parts = {"profile": (config.profile, lambda: {"profile": profile_figures(models, images, result["best_batch_size"])}),
+             "serve": (config.serve, lambda: serve_figures(models, images, config, result["best_batch_size"]))}
+    return tuple((name, measure) for name, (wanted, measure) in parts.items() if wanted)
 
 
 def _machine(device: torch.device, dtype: torch.dtype) -> dict:

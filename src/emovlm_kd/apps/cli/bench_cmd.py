@@ -18,7 +18,8 @@ def register(subparsers, help_text: str) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.bench.figures import run_bench
-    from emovlm_kd.apps.report.tables import format_bench
+    from emovlm_kd.apps.cli.serve_cmd import require_serving_packages
+    from emovlm_kd.apps.report.tables import format_bench, format_profile
     from emovlm_kd.errors import UserError
     from emovlm_kd.io import atomic_write_text
     from emovlm_kd.models.registry import get_preset
@@ -33,6 +34,8 @@ def execute(args: argparse.Namespace) -> int:
             raise UserError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N.", exit_code=2) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for, but PyTorch sees no GPU here; use --device cpu.", exit_code=2)
+    if args.serve:
+        require_serving_packages()
     config = config_from_flags(BenchConfig, args)
 
     def checkpoint(result):  # the figures so far, so that a run cut short leaves them
@@ -40,5 +43,7 @@ def execute(args: argparse.Namespace) -> int:
 
     result = run_bench(config, checkpoint=checkpoint)
     print(format_bench(result))
+    if "profile" in result:
+        print(format_profile(result["profile"]))
     print(f"figures written to {args.out}")
     return 0

@@ -18,14 +18,21 @@ def register(subparsers, help_text: str) -> None:
     parser.set_defaults(func=execute)
 
 
-def execute(args: argparse.Namespace) -> int:
+def require_serving_packages() -> None:
+    """Raise a `UserError` naming the first package of the `serve` extra that is missing."""
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as missing:
         raise UserError(f"serving needs the {missing.name} package; install it with: pip install 'emovlm-kd[serve]'") from None
+
+
+def execute(args: argparse.Namespace) -> int:
+    require_serving_packages()
+    import uvicorn
+
     from emovlm_kd.apps.server.app import create_app
     from emovlm_kd.pipeline import EmoVLMKD
 

@@ -191,4 +191,28 @@ def format_bench(result: dict) -> str:
     lines.append(f"{'head_gate_param_overhead_pct':<32} {result['head_gate_param_overhead_pct']:>10.3f}  (reported)")
     lines.append(f"{'images_per_second (best batch)':<32} {result['images_per_second_best']:>10.2f}  "
                  f"(batch {result['best_batch_size']})")
+    ours = {int(key.removeprefix("ours_batch")): seconds for key, seconds in result["seconds_per_image"].items()
+            if key.startswith("ours_batch")}
+    lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
+    if "serve" in result:
+        serve = result["serve"]
+        lines.append(f"{'serve (images/s)':<32} server {serve['server_images_per_second']:.2f} vs predict "
+                     f"{serve['predict_images_per_second']:.2f}, {serve['clients']} clients, batch {serve['batch_size']} "
+                     f"(mean {serve['mean_batch_size']:.1f}), model busy {100 * serve['model_busy']:.0f}%")
+    return "\n".join(lines)
+
+
+def format_profile(profile: dict) -> str:
+    """`bench --profile`: one batch's time by part, the attention kernels and the top operators."""
+    total = profile["seconds"]
+    lines = [f"profile of one batch of {profile['batch_size']} images on {profile['device']} "
+             f"({profile['threads']} CPU threads): {total:.3f} s",
+             "  " + ", ".join(f"{part} {100 * seconds / total:.0f}%" for part, seconds in profile["split_seconds"].items())]
+    for row in profile["attention"]:
+        mask = f"{row['mask']} boolean mask" if row["mask"] else "no mask"
+        lines.append(f"  attention, {row['tower']}: {row['kernel']} x{row['calls']}, query {row['query']}, {mask}")
+    lines.append(f"  top operators by self {profile['self_time']} time:")
+    for operator in profile["top_operators"]:
+        lines.append(f"    {operator['name'][:50]:<50} {operator['self_ms']:>9.1f} ms {100 * operator['share']:>5.1f}% "
+                     f"{operator['calls']:>5} calls")
     return "\n".join(lines)

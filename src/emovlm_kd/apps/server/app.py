@@ -2,13 +2,18 @@
 
 `create_app(model, config)` serves an already loaded `EmoVLMKD`. All model calls go
 through one `MicroBatcher` worker thread; request handlers only parse, wait and answer.
+`serve_in_thread(app)` runs an app on a free loopback port of this process (the tests and
+`bench --serve` do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -197,6 +202,31 @@ def create_app(model, config: ServerConfig) -> FastAPI:
 
     app.include_router(protected)
     return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, start_timeout_s: float = 30.0):
+    """Serve `app` with uvicorn on a free port of 127.0.0.1 in a thread; yields the base URL."""
+    import uvicorn
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start within {start_timeout_s:g} s on port {port}.")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
 
 
 def _stream_chunks(completion_id: str, model_id: str, text: str, finish: str, usage: dict):

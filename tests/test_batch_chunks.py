@@ -1,0 +1,56 @@
+"""A large batch on a CPU runs in equal chunks sized to the cache, with the predictions the
+whole batch gets."""
+
+import pytest
+import torch
+from PIL import Image
+
+from emovlm_kd.labels import EMOTION6
+from emovlm_kd.models.configs import GateConfig, HeadConfig
+from emovlm_kd.models.gate import Gate
+from emovlm_kd.models.head import DistillHead
+from emovlm_kd.pipeline import EmoVLMKD, last_level_cache_bytes
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_adapter):
+    torch.manual_seed(0)
+    head = DistillHead(HeadConfig(input_dim=tiny_adapter.pooled_width, num_labels=len(EMOTION6)))
+    return EmoVLMKD(tiny_adapter, head, Gate(GateConfig(num_labels=len(EMOTION6))), EMOTION6)
+
+
+def images() -> list[Image.Image]:
+    # Different sizes, so each chunk pads to its own length.
+    sizes = [(224, 224), (160, 96), (64, 300), (200, 120), (96, 96)]
+    return [Image.linear_gradient("L").convert("RGB").resize(size).rotate(30 * i) for i, size in enumerate(sizes)]
+
+
+def test_chunks_predict_what_the_whole_batch_predicts(pipeline, monkeypatch):
+    batch = images()
+    monkeypatch.setattr(pipeline, "cpu_cache_bytes", None)
+    assert pipeline.chunk_size(batch) == len(batch)
+    whole = pipeline.predict_images(batch)
+
+    # A cache that holds the MLP activations of two images of the largest one's length.
+    adapter = pipeline.adapter
+    tokens = adapter.encode([batch[0]], [pipeline.prompt])["input_ids"].shape[1]
+    width = adapter.model.config.get_text_config().intermediate_size
+    monkeypatch.setattr(pipeline, "cpu_cache_bytes", 2 * 3 * tokens * width * 4 + 1)
+    assert pipeline.chunk_size(batch) == 2
+    language_model = getattr(adapter.model.model, adapter.language_model_name)
+    calls = []
+    hook = language_model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["inputs_embeds"].shape[0]),
+                                                    with_kwargs=True)
+    try:
+        chunked = pipeline.predict_images(batch)
+    finally:
+        hook.remove()
+    assert calls == [1, 2, 2]  # equal chunks: no single image left to run alone at the end
+    for alone, together in zip(chunked, whole):
+        assert alone.label == together.label
+        for part in ("probs", "vlm", "head"):
+            assert getattr(alone, part) == pytest.approx(getattr(together, part), abs=1e-5)
+
+
+def test_the_cache_size_is_read_from_the_system():
+    assert last_level_cache_bytes() >= 2**20
