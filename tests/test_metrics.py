@@ -107,3 +107,8 @@ def test_the_report_says_in_words_when_the_fusion_is_below_the_better_model():
     assert text.startswith("none: EmoVLM-KD is 40.0 points below") and "%" not in text
     above = complementarity(right, other, torch.tensor([True, True, True, True, False]))
     assert gap_in_words(above) == "100.00%"
+    # The line `evaluate` prints says it the same way.
+    from emovlm_kd.apps.report.tables import format_complementarity
+
+    line = format_complementarity({"complementarity": {"vlm_head": dict(below, first="vlm", second="head")}})
+    assert line.endswith("the gate recovers: none: EmoVLM-KD is 40.0 points below the better single model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from emovlm_kd.analysis.evaluation import MODELS
 from emovlm_kd.apps.report import plots, tables
 from emovlm_kd.apps.report.document import Block, Figure, Heading, Table, Text, percent
-from emovlm_kd.apps.report.tables import MODEL_TITLES
+from emovlm_kd.apps.report.tables import MODEL_TITLES, gap_in_words
 from emovlm_kd.models.published_configs import PAPER_TEACHER_NAME, PAPER_VLM_NAME
 
 
@@ -42,18 +42,6 @@ def paired_table(metrics: dict) -> Table:
             ])
     return Table(["comparison", "metric", "difference (points)", "paired 95% interval", "share of resamples not better"],
                  rows)
-
-
-def gap_in_words(pair: dict) -> str:
-    """How the fused model stands against the better single model and the oracle, in words:
-    a ratio is meaningless where the fusion is below the better model or there is no gap."""
-    gap_recovered = pair["gap_recovered"]
-    if pair["fused_accuracy"] < pair["best_single"]:
-        points = 100 * (pair["best_single"] - pair["fused_accuracy"])
-        return f"none: EmoVLM-KD is {points:.1f} points below the better single model"
-    if gap_recovered is None:
-        return "no gap: the oracle is no better than the better single model"
-    return percent(gap_recovered)
 
 
 def complementarity_table(pair: dict) -> Table:

@@ -48,18 +48,29 @@ def _with_interval(value: float, interval: list[float]) -> str:
     return f"{100 * value:.1f}% [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
+def gap_in_words(pair: dict) -> str:
+    """How the fused model stands against the better single model and the oracle, in words:
+    a ratio is meaningless where the fusion is below the better model or there is no gap."""
+    gap_recovered = pair["gap_recovered"]
+    if pair["fused_accuracy"] < pair["best_single"]:
+        points = 100 * (pair["best_single"] - pair["fused_accuracy"])
+        return f"none: EmoVLM-KD is {points:.1f} points below the better single model"
+    if gap_recovered is None:
+        return "no gap: the oracle is no better than the better single model"
+    return percent(gap_recovered)
+
+
 def format_complementarity(metrics: dict) -> str:
     """One line per pair of models: where each is right, the oracle and the gap the gate recovers."""
     lines = []
     for pair in metrics["complementarity"].values():
         first, second = MODEL_TITLES[pair["first"]], MODEL_TITLES[pair["second"]]
         fractions = pair["fractions"]
-        recovered = "n/a" if pair["gap_recovered"] is None else f"{100 * pair['gap_recovered']:.0f}%"
         lines.append(
             f"{first} / {second}: both right {100 * fractions['both_right']:.1f}%, only {first} "
             f"{100 * fractions['only_first_right']:.1f}%, only {second} {100 * fractions['only_second_right']:.1f}%, "
             f"both wrong {100 * fractions['both_wrong']:.1f}%; oracle {100 * pair['oracle']:.1f}%, "
-            f"gate recovers {recovered} of the gap"
+            f"share of the gap the gate recovers: {gap_in_words(pair)}"
         )
     return "\n".join(lines)
 
