@@ -133,3 +133,10 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
         metrics = gate.train(run)
     assert metrics["trained_on"] == "train"
     assert any("in-sample" in record.message for record in caplog.records)
+
+
+@pytest.mark.parametrize("section", ["instruct", "distill"])
+def test_a_negative_view_count_is_refused_in_one_sentence(section):
+    with pytest.raises(UserError, match=rf"^{section}\.views=-1 is a count of augmented views per image; use 0"):
+        load_config(None, [f"{section}.views=-1"])
+    assert getattr(load_config(None, [f"{section}.views=2"]), section).views == 2

@@ -97,6 +97,9 @@ class InstructStageConfig:
     # paper's setting. Helps a VLM tuned on few images meet unseen ones (the demo's).
     views: int = 0
 
+    def __post_init__(self):
+        _require_views(self.views, "instruct")
+
 
 @dataclass(kw_only=True)
 class DistillStageConfig(DistillationSettings, HeadSettings):
@@ -110,6 +113,14 @@ class DistillStageConfig(DistillationSettings, HeadSettings):
     # rotation, flip, colour; the teacher's logits taken on the same view). 0: the paper's
     # setting. The KL term needs no new labels, so views carry more of the teacher cheaply.
     views: int = 0
+
+    def __post_init__(self):
+        _require_views(self.views, "distill")
+
+
+def _require_views(views: int, section: str) -> None:
+    if views < 0:
+        raise UserError(f"{section}.views={views} is a count of augmented views per image; use 0 (none) or more.")
 
 
 @dataclass(kw_only=True)
