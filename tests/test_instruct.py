@@ -32,8 +32,12 @@ def test_keeping_only_answer_logits_leaves_the_loss_unchanged(tiny_adapter):
     inputs = adapter.encode(images, ["Which emotion?", "Why?"], ["{'emotion': 'anger'}", "Because of the clouds."])
     with torch.no_grad():
         full = adapter.model(**inputs).loss
-        trimmed = adapter.model(**keep_answer_logits(inputs)).loss
-    assert torch.allclose(full, trimmed, atol=1e-5)
+        trimmed = adapter.model(**keep_answer_logits(inputs))
+    assert torch.allclose(full, trimmed.loss, atol=1e-5)
+    # One row of vocabulary logits per target token across the batch, none for padding:
+    # the second answer is the longer, and the first row's extra columns cost nothing.
+    targets = int((inputs["labels"] != -100).sum())
+    assert trimmed.logits.shape == (targets, adapter.model.config.get_text_config().vocab_size)
 
 
 # Qwen2-VL names its language model `language_model`, SmolVLM `text_model`; both vision

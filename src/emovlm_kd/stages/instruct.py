@@ -104,24 +104,19 @@ def annotations_file(config) -> str | None:
 
 def keep_answer_logits(inputs: dict) -> dict:
     """Compute vocabulary logits only where the loss needs them: at the columns whose next
-    token is a target. With a 152k vocabulary this skips most of the lm_head work on the
-    prompt and image tokens, and, in packed rows, on the prompts between the answers.
+    token is a target, and no others. With a 152k vocabulary the lm_head, its gradient and
+    the cross-entropy are most of a small model's step; this skips them on the prompt and
+    image tokens, on the prompts between packed answers, and on padding.
 
-    The model's loss predicts `labels[k + 1]` from the k-th kept column; so the labels are
-    rewritten to follow the kept columns, and each row keeps one column more than it has
-    targets, the one whose label falls off the end (it pads shorter rows too).
+    The kept columns are a boolean mask, so the model flattens them across the batch (a row
+    with few targets costs no more than they do), and their targets come as `shift_labels`
+    in the same order, which the causal-LM loss (and the Trainer's token count) then use as
+    they are. `labels` stays, unused, so the model computes a loss.
     """
     labels = inputs["labels"]  # [B, L]
-    length = labels.shape[1]
-    predicts = labels[:, 1:] != -100  # [B, L - 1]: column c predicts a target at c + 1
-    kept = int(predicts.sum(-1).max()) + 1
-    # Each row's predicting columns in order, then its last column (it predicts nothing).
-    columns = torch.arange(length - 1, device=labels.device).expand_as(predicts).masked_fill(~predicts, length - 1)
-    columns = torch.cat([columns, columns.new_full((len(labels), 1), length - 1)], dim=1)
-    columns = columns.sort(dim=-1).values[:, :kept]  # [B, kept]
-    targets = labels.gather(1, (columns + 1).clamp(max=length - 1)).masked_fill(columns == length - 1, -100)
-    shifted = torch.cat([targets.new_full((len(labels), 1), -100), targets[:, :-1]], dim=1)
-    return dict(inputs, labels=shifted, logits_to_keep=columns)
+    targets = labels[:, 1:]  # column c predicts the token at c + 1
+    predicts = torch.cat([targets != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
+    return dict(inputs, logits_to_keep=predicts, shift_labels=targets[targets != -100])
 
 
 class VisualTokenReuse:
