@@ -135,6 +135,26 @@ def test_gate_on_train_warns_that_its_inputs_are_in_sample(trained, tmp_path, ca
     assert any("in-sample" in record.message for record in caplog.records)
 
 
+def test_a_gate_fitted_on_val_never_scores_the_train_split_with_the_vlm(trained, tmp_path, monkeypatch):
+    # At paper scale the train split is the largest: a VLM pass over it only for a metric is waste.
+    import dataclasses
+    import shutil
+
+    from emovlm_kd.run_folder import RunFolder
+    from emovlm_kd.stages import gate
+
+    run_dir, config, _ = trained
+    shutil.copytree(run_dir, tmp_path / "run")
+    run = RunFolder(dataclasses.replace(config, gate=dataclasses.replace(config.gate, split="val")), tmp_path / "run")
+    scored = []
+    real = gate.vlm_scores
+    monkeypatch.setattr(gate, "vlm_scores", lambda run, vlm, samples: scored.append(samples[0].split) or real(run, vlm, samples))
+    metrics = gate.train(run)
+    assert metrics["trained_on"] == "val"
+    assert sorted(scored) == ["test", "val"]
+    assert "train_accuracy" not in metrics and {"val_accuracy", "test_accuracy"} <= set(metrics)
+
+
 @pytest.mark.parametrize("section", ["instruct", "distill"])
 def test_a_negative_view_count_is_refused_in_one_sentence(section):
     with pytest.raises(UserError, match=rf"^{section}\.views=-1 is a count of augmented views per image; use 0"):

@@ -78,7 +78,9 @@ def train(run: RunFolder) -> dict:
     if config.split == "train":
         log.warning("gate: trained on the train split, whose head and VLM outputs are in-sample (the models saw "
                     "these images); gate.split=val is the default for that reason")
-    inputs = gate_inputs(run)
+    # The split it learns on, and val and test to report: scoring the train split with the VLM
+    # only for a metric would be a pass of the large model over the largest split.
+    inputs = gate_inputs(run, tuple(dict.fromkeys((config.split, "val", "test"))))
     if config.split not in inputs:
         from emovlm_kd.errors import UserError
 
