@@ -178,12 +178,37 @@ def test_instruct_trains_on_packed_tasks_decoded_in_workers(small_manifest, tmp_
     monkeypatch.setattr("emovlm_kd.stages.instruct.load_rgb", recording_load_rgb)
     config = fast_config(small_manifest, tmp_path / "cache", f"instruct.annotations={annotations}",
                          "instruct.pack_tasks=true", "instruct.workers=1", "instruct.batch_size=4", "instruct.method=lora",
-                         "instruct.reuse_visual_tokens=true")
+                         "instruct.reuse_visual_tokens=true", "instruct.epochs=2")
     train(config, tmp_path / "run", stages=("instruct",))
     metrics = json.loads((tmp_path / "run" / "instruct" / "metrics.json").read_text())
     assert metrics["examples"]["observation"] == 4
     steps = metrics["log_history"][-1]["step"]
-    assert steps == -(-len(train_rows) // 4)  # images / batch size, not examples / batch size
+    assert steps == 2 * -(-len(train_rows) // 4)  # 2 epochs of images / batch size, not examples / batch size
     assert metrics["train_loss"] > 0
-    pids = set(decoded_in.read_text().split())
+    pids = decoded_in.read_text().split()
     assert pids and str(os.getpid()) not in pids
+    # Two epochs, each image decoded once: the second epoch's workers read the kept tokens' sizes.
+    assert len(pids) == len(train_rows)
+
+
+def test_a_batch_of_kept_images_is_encoded_alike_without_decoding_them(tuned, monkeypatch):
+    from emovlm_kd.stages.instruct import Example, encode_batch
+
+    adapter, _ = tuned
+    pictures = [Image.new("RGB", (120, 90), (10, 120, 30)), Image.linear_gradient("L").convert("RGB").resize((96, 140))]
+    batch = [tuple(Example(f"{n}.png", task, prompt, answer, f"key{n}") for task, prompt, answer
+                   in zip(("classification", "observation"), PROMPTS[:2], ANSWERS[n][:2])) for n in range(2)]
+    monkeypatch.setattr(Example, "load", lambda self: pictures[int(self.picture[-1])])
+    decoded = encode_batch(adapter, batch)
+    assert decoded["image_sizes"] == [(120, 90), (96, 140)]
+
+    def refuse(self):
+        raise AssertionError("a kept image was decoded again")
+
+    monkeypatch.setattr(Example, "load", refuse)
+    kept = encode_batch(adapter, batch, kept_sizes=dict(zip(decoded["image_keys"], decoded["image_sizes"])))
+    assert kept.keys() == decoded.keys()
+    for key, value in decoded.items():
+        if key not in adapter.image_input_keys or key in adapter.scoring_input_keys:  # all but the pixels
+            assert torch.equal(kept[key], value) if torch.is_tensor(value) else kept[key] == value, key
+    assert not torch.equal(kept["pixel_values"], decoded["pixel_values"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import Trainer
 
 from emovlm_kd.augment import distillation_view
@@ -136,6 +137,9 @@ class VisualTokenReuse:
         # there too, so the tower does not run on it again (`keys` must be its cache keys).
         self.features = features
         self.pending: dict[str, torch.Tensor] = {}
+        # Each kept image's size: a later batch of it needs no pixels, only a stand-in of that
+        # size (`encode_batch`). Small, so the DataLoader's workers get a copy each epoch.
+        self.sizes: dict[str, tuple[int, int]] = {}
 
     def flush(self) -> None:
         if self.features is not None:
@@ -165,8 +169,9 @@ class VisualTokenReuse:
         return self.output_class(**fields)
 
     @torch.no_grad()
-    def replace_pixels(self, inputs: dict, keys: list) -> dict:
-        """`inputs` with visual tokens in place of pixels; `keys` name each sequence's image.
+    def replace_pixels(self, inputs: dict, keys: list, sizes: list[tuple[int, int]] | None = None) -> dict:
+        """`inputs` with visual tokens in place of pixels; `keys` name each sequence's image
+        (and `sizes` its size, kept for `encode_batch`).
 
         A batch holding an image not seen before runs the visual encoder once on its pixels and
         keeps every image's tokens. Packed, all tasks of an image are in its batch, so a batch
@@ -177,6 +182,7 @@ class VisualTokenReuse:
             self.output_class = type(output)
             for key, row in zip(keys, self.split(output, len(keys))):
                 self.parts.setdefault(key, row)
+            self.sizes.update(zip(keys, sizes or []))
             if self.features is not None:
                 self.pending.update(zip(keys, visual.pooled().cpu()))
                 if len(self.pending) >= FEATURE_FLUSH_ROWS:
@@ -195,9 +201,9 @@ class InstructTrainer(Trainer):
         self.reuse = reuse
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        keys = inputs.pop("image_keys")
+        keys, sizes = inputs.pop("image_keys"), inputs.pop("image_sizes")
         if self.reuse is not None:
-            inputs = self.reuse.replace_pixels(inputs, keys)
+            inputs = self.reuse.replace_pixels(inputs, keys, sizes)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -211,13 +217,20 @@ def training_sequences(examples: list[Example], pack_tasks: bool) -> list[tuple[
     return [tuple(tasks) for tasks in by_image.values()]
 
 
-def encode_batch(adapter, batch: list[tuple[Example, ...]]) -> dict:
+def encode_batch(adapter, batch: list[tuple[Example, ...]], kept_sizes: dict[str, tuple[int, int]] | None = None) -> dict:
     """A training batch: each item's image decoded (here, in a DataLoader worker), its tasks
-    packed into one sequence, logits kept where the loss needs them."""
-    images = [tasks[0].load() for tasks in batch]
+    packed into one sequence, logits kept where the loss needs them.
+
+    An image whose visual tokens are kept already (`kept_sizes` holds its size) is not decoded
+    nor augmented again: a blank image of its size stands in. Its size alone shapes the text
+    (how many image tokens; Qwen's grid), and its pixels are replaced by the kept tokens."""
+    kept_sizes = kept_sizes or {}
+    images = [Image.new("RGB", kept_sizes[tasks[0].picture]) if tasks[0].picture in kept_sizes else tasks[0].load()
+              for tasks in batch]
     inputs = adapter.encode_packed(images, [[task.prompt for task in tasks] for tasks in batch],
                                    [[task.answer for task in tasks] for tasks in batch])
-    return dict(keep_answer_logits(inputs), image_keys=[tasks[0].picture for tasks in batch])
+    return dict(keep_answer_logits(inputs), image_keys=[tasks[0].picture for tasks in batch],
+                image_sizes=[image.size for image in images])
 
 
 def apply_lora(adapter, config, quantized: bool):
@@ -281,7 +294,8 @@ def train(run: RunFolder) -> dict:
     log.info("instruct: %s on %d examples (%s) in %d sequences%s, %d trainable parameters", method, len(examples),
              summary, len(sequences), ", tasks packed per image" if config.pack_tasks else "", trainable)
     trainer = InstructTrainer(model=model, args=args, train_dataset=sequences, callbacks=callbacks, reuse=reuse,
-                              data_collator=functools.partial(encode_batch, adapter))
+                              data_collator=functools.partial(encode_batch, adapter,
+                                                              kept_sizes=reuse.sizes if reuse else None))
     trainer.train()
     if reuse is not None:
         reuse.flush()
