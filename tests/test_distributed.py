@@ -51,10 +51,11 @@ def test_caching_stages_under_two_processes_match_one(trained, tmp_path):
 
     single, sharded = cache_rows(Path(config.cache_dir)), cache_rows(fresh)
     assert sharded.keys() <= single.keys() and {k.split("/")[0] for k in sharded} == {"visual", "teacher", "vlm_scores"}
-    # distill and gate need every split's features and VLM scores; teacher logits of
-    # train (distill) and test (evaluation), and visual features and teacher logits of one
-    # augmented view of each training image (distill.views=1): each exactly once, no gap, no extra row.
-    expected = {"visual": 66 + 36, "vlm_scores": 66, "teacher": 36 + 18 + 36}
+    # distill and gate need every split's features, and the gate VLM scores of val (its split)
+    # and test; teacher logits of train (distill) and test (evaluation), and visual features and
+    # teacher logits of one augmented view of each training image (distill.views=1): each
+    # exactly once, no gap, no extra row.
+    expected = {"visual": 66 + 36, "vlm_scores": 66 - 36, "teacher": 36 + 18 + 36}
     for key, rows in sharded.items():
         assert len(rows) == expected[key.split("/")[0]], key
         assert rows.keys() <= single[key].keys()

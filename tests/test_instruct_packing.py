@@ -200,13 +200,13 @@ def test_a_batch_of_kept_images_is_encoded_alike_without_decoding_them(tuned, mo
                    in zip(("classification", "observation"), PROMPTS[:2], ANSWERS[n][:2])) for n in range(2)]
     monkeypatch.setattr(Example, "load", lambda self: pictures[int(self.picture[-1])])
     decoded = encode_batch(adapter, batch)
-    assert decoded["image_sizes"] == [(120, 90), (96, 140)]
+    assert decoded["picture_sizes"] == [(120, 90), (96, 140)]
 
     def refuse(self):
         raise AssertionError("a kept image was decoded again")
 
     monkeypatch.setattr(Example, "load", refuse)
-    kept = encode_batch(adapter, batch, kept_sizes=dict(zip(decoded["image_keys"], decoded["image_sizes"])))
+    kept = encode_batch(adapter, batch, kept_sizes=dict(zip(decoded["image_keys"], decoded["picture_sizes"])))
     assert kept.keys() == decoded.keys()
     for key, value in decoded.items():
         if key not in adapter.image_input_keys or key in adapter.scoring_input_keys:  # all but the pixels

@@ -121,7 +121,7 @@ EVENTS = {
     ("instruct", "image"): 12,
     ("instruct", "write"): 3,
     ("distill", "image"): 36,  # visual features of 24 images, teacher logits of 12
-    ("gate", "image"): 24,  # VLM label scores of 24 images
+    ("gate", "image"): 12,  # VLM label scores of the 12 val and test images (the gate learns on val)
 }
 
 
@@ -180,10 +180,13 @@ def test_kill_9_in_every_stage_resumes_without_loss(tiny_manifest, tmp_path):
     images = {file_sha256(sample.path) for samples in run.dataset.splits.values() for sample in samples}
     folders, duplicated = cache_records(cache_dir)
     used = {m.split()[1] for m in final if m.startswith("fill")}
-    # Visual features and VLM scores of every split feed the gate; teacher logits of val and
-    # test (teacher stage), train (distill) and test (evaluation) all come from the final teacher.
-    lost = sum(len(images - folders[folder]) for folder in used)
-    assert all(folders[folder] <= images for folder in used)
+    # Visual features of every split feed the gate, VLM scores of val (its split) and test; teacher
+    # logits of val and test (teacher stage), train (distill) and test (evaluation) all come from
+    # the final teacher.
+    scored = {file_sha256(sample.path) for split in ("val", "test") for sample in run.dataset.splits[split]}
+    expected = {folder: scored if folder.startswith("vlm_scores/") else images for folder in used}
+    lost = sum(len(expected[folder] - folders[folder]) for folder in used)
+    assert all(folders[folder] <= expected[folder] for folder in used)
     tally["lost"] += lost
     tally["duplicated"] += duplicated
     assert lost == 0 and duplicated == 0

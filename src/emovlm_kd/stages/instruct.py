@@ -201,7 +201,7 @@ class InstructTrainer(Trainer):
         self.reuse = reuse
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        keys, sizes = inputs.pop("image_keys"), inputs.pop("image_sizes")
+        keys, sizes = inputs.pop("image_keys"), inputs.pop("picture_sizes")
         if self.reuse is not None:
             inputs = self.reuse.replace_pixels(inputs, keys, sizes)
         return super().compute_loss(model, inputs, *args, **kwargs)
@@ -230,7 +230,7 @@ def encode_batch(adapter, batch: list[tuple[Example, ...]], kept_sizes: dict[str
     inputs = adapter.encode_packed(images, [[task.prompt for task in tasks] for tasks in batch],
                                    [[task.answer for task in tasks] for tasks in batch])
     return dict(keep_answer_logits(inputs), image_keys=[tasks[0].picture for tasks in batch],
-                image_sizes=[image.size for image in images])
+                picture_sizes=[image.size for image in images])
 
 
 def apply_lora(adapter, config, quantized: bool):
