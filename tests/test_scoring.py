@@ -166,3 +166,29 @@ def test_eager_attention_scores_the_same():
     adapter.model.set_attn_implementation("eager")
     assert adapter.model.config.get_text_config()._attn_implementation == "eager"
     assert torch.allclose(adapter.answer_logprobs(inputs, answers), sdpa, atol=1e-4)
+
+
+def test_a_batch_encodes_its_shared_opening_once_and_the_last_layer_only_where_scored(adapter):
+    # The system prompt before the image is the same for every sequence: one row runs it.
+    # The last layer's other positions feed nothing: its keys and values come before its MLP.
+    layers = getattr(adapter.model.model, adapter.language_model_name).layers
+    shapes = {0: [], -1: []}
+    hooks = [layers[index].mlp.register_forward_hook(
+        lambda module, args, output, index=index: shapes[index].append(tuple(args[0].shape[:2]))) for index in shapes]
+    prompt = classification_prompt(EMOTION6)
+    answers = [classification_answer(label) for label in EMOTION6.labels]
+    inputs = adapter.encode(images(), [prompt] * 3)
+    try:
+        adapter.answer_logprobs(inputs, answers, include_shared=False)
+        with torch.no_grad():  # outside scoring the model is itself again
+            adapter.model(**adapter.to_device(inputs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ids, shared = adapter.scored_answer_ids(answers)
+    scored = 1 + sum(len(answer) - shared - 1 for answer in ids)
+    row = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
+    opening, length = row.index(adapter.image_token_id), inputs["input_ids"].shape[1]
+    assert opening > 0
+    assert shapes[-1] == [(1, opening), (3, scored), (3, length)]
+    assert shapes[0] == [(1, opening), (3, length + shared + scored - 1 - opening), (3, length)]

@@ -11,7 +11,8 @@ Norms, activations, softmax and rotary embeddings are left out (well under 1%).
 The VLM's workload is the one this project runs: the image and prompt are encoded once, the
 answer start common to every label is scored with them, and every label's remaining answer
 tokens follow in the same pass, side by side, each answer seeing only the prompt and itself
-(`VLMAdapter.answer_logprobs`); vocabulary logits are computed only at scored positions.
+(`VLMAdapter.answer_logprobs`); vocabulary logits, and the last layer's MLP, are computed only at
+scored positions.
 (The reference implementation samples free text instead.)
 """
 
@@ -110,9 +111,11 @@ def qwen2_vl_flops(model: nn.Module, workload: Workload) -> dict[str, int]:
     sequence = prefix + workload.scored_positions
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     query_width = text_config.num_attention_heads * head_dim
-    language_linear = sequence * linear_macs(language.layers)
-    language_attention = text_config.num_hidden_layers * 2 * query_width * sequence * sequence
     logit_positions = workload.shared_answer_tokens + 1 + workload.scored_positions
+    # The last layer's MLP runs on the scored positions only (their logits are all it feeds).
+    language_linear = sequence * linear_macs(language.layers) - (sequence - logit_positions) * linear_macs(
+        language.layers[-1].mlp)
+    language_attention = text_config.num_hidden_layers * 2 * query_width * sequence * sequence
     lm_head = logit_positions * linear_macs(model.lm_head)
 
     macs = {

@@ -142,3 +142,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     vision_output_key = "out_hidden_size"
     tiny_image_pixels = (64 * 64, 128 * 128)
 
+    def last_layer_feeds_only_the_head(self) -> bool:
+        # Deepstack features are added to all visual positions after each of the first layers.
+        text, vision = self.model.config.text_config, self.model.config.vision_config
+        return len(vision.deepstack_visual_indexes) < text.num_hidden_layers
+
