@@ -192,3 +192,18 @@ def test_a_batch_encodes_its_shared_opening_once_and_the_last_layer_only_where_s
     assert opening > 0
     assert shapes[-1] == [(1, opening), (3, scored), (3, length)]
     assert shapes[0] == [(1, opening), (3, length + shared + scored - 1 - opening), (3, length)]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_patch_embedding_is_one_matrix_product(family, tiny_adapter, monkeypatch):
+    adapter = tiny_adapter if family == tiny_adapter.family else load_vlm(offline_preset_for(family), seed=0)
+    convolution = adapter.model.model.visual.patch_embed.proj
+    patches = torch.randn(7, *convolution.weight.shape[1:])  # pre-cut patches, one kernel each
+    with torch.no_grad():
+        expected = type(convolution).forward(convolution, patches)
+
+        def no_convolution(*args, **kwargs):
+            raise AssertionError("the patch embedding ran a convolution")
+
+        monkeypatch.setattr(torch.nn.functional, "conv3d", no_convolution)
+        assert torch.allclose(convolution(patches), expected, atol=1e-5)
