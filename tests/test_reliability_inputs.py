@@ -334,12 +334,10 @@ def test_one_image_the_model_fails_on_does_not_cost_the_batch(model, tmp_path, m
     paths = [tmp_path / f"{width}.png" for width, _ in sizes]
     for path, size in zip(paths, sizes):
         noise(size).save(path)
-    # The second is one flat colour: still so after the resize the decoding step may do.
-    Image.new("RGB", sizes[1], (1, 2, 3)).save(paths[1])
     real = model.predict_images
 
     def fails_on_the_second(images, explain=False):
-        if any(image.getextrema() == ((1, 1), (2, 2), (3, 3)) for image in images):
+        if any(image.size == sizes[1] for image in images):
             raise ValueError("the processor cannot take this image")
         return real(images, explain=explain)
 

@@ -207,19 +207,3 @@ def test_qwen_patch_embedding_is_one_matrix_product(family, tiny_adapter, monkey
 
         monkeypatch.setattr(torch.nn.functional, "conv3d", no_convolution)
         assert torch.allclose(convolution(patches), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_qwen_images_resized_before_the_processor_give_it_the_same_pixels(family, tiny_adapter):
-    # What predict's decoding workers do ahead of the model.
-    adapter = tiny_adapter if family == tiny_adapter.family else load_vlm(offline_preset_for(family), seed=0)
-    step = adapter.decoded_image_step()
-    noise = torch.Generator().manual_seed(0)
-    photo = Image.fromarray(torch.randint(0, 256, (517, 333, 3), dtype=torch.uint8, generator=noise).numpy())
-    resized = 0
-    for image in [*images(), photo, Image.linear_gradient("L").convert("RGB").resize((1200, 700))]:
-        ahead = step(image)
-        resized += ahead.size != image.size
-        processed, processed_ahead = adapter.encode_images([image]), adapter.encode_images([ahead])
-        assert all(torch.equal(processed[key], processed_ahead[key]) for key in processed)
-    assert resized >= 3

@@ -164,8 +164,7 @@ class EmoVLMKD:
         batches = [list(range(max(start, skip), min(start + batch_size, len(paths)))) for start in starts]
         # Workers forked ahead of the model, each decoding whole batches; results come back in order.
         loader = DataLoader(
-            _ImageFiles(paths, self.adapter.decoded_image_step()), batch_sampler=batches, collate_fn=list,
-            num_workers=min(workers, len(batches)),
+            _ImageFiles(paths), batch_sampler=batches, collate_fn=list, num_workers=min(workers, len(batches))
         )
         for loaded in loader:
             yield self._predict_loaded(loaded, explain)
@@ -198,31 +197,22 @@ class EmoVLMKD:
 
 
 class _ImageFiles:
-    """Image files by position, decoded to RGB (then `step`, the adapter's
-    `decoded_image_step`, if any); an unreadable one gives its error sentence instead.
+    """Image files by position, decoded to RGB; an unreadable one gives its error sentence instead.
 
     Called in the DataLoader's worker processes: what it returns is pickled back, an
-    exception would cost the whole batch. Resizing there, as the image processor would,
-    moves that work off the process that runs the model, and sends back smaller images."""
+    exception would cost the whole batch."""
 
-    def __init__(self, paths: list[str | Path], step=None):
+    def __init__(self, paths: list[str | Path]):
         self.paths = [str(path) for path in paths]
-        self.step = step
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[str, Image.Image | str]:
         try:
-            image = load_rgb(self.paths[index])
+            return self.paths[index], load_rgb(self.paths[index])
         except ImageError as error:
             return self.paths[index], str(error)
-        if self.step:
-            # An image the step cannot take goes as it is: the model's process meets the same
-            # problem and reports it for this image alone.
-            with contextlib.suppress(Exception):
-                image = self.step(image)
-        return self.paths[index], image
 
 
 @functools.cache

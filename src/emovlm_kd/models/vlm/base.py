@@ -357,12 +357,6 @@ class VLMAdapter(ABC):
         """Family hook: the image processor's whole output (tensors and any layout information)."""
         return self.image_processor(images=list(images), return_tensors="pt")
 
-    def decoded_image_step(self):
-        """Family hook: a picklable function doing to a decoded image what the image processor
-        would do first (its resize), for the processes that decode images to run ahead of the
-        model; the processor's output must stay the same to the bit. None: no such step."""
-        return None
-
     def encode_images(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """Visual-encoder inputs alone (for caching features without a prompt)."""
         processed = self.process_images(images)

@@ -28,15 +28,6 @@ def _patch_convolution_as_matmul(convolution: torch.nn.Conv3d, patches: torch.Te
     return F.linear(patches.flatten(1), weight, convolution.bias)[..., None, None, None]
 
 
-def _resized_as_the_processor_would(image, factor: int, min_pixels: int, max_pixels: int, resample: int):
-    """The Qwen image processor's resize, on a PIL image: the processor then finds the image
-    at its size already and leaves it as it is (PIL returns a copy)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    return image.resize((width, height), resample=resample)
-
-
 class Qwen2VLAdapter(VLMAdapter):
     family = "qwen2_vl"
     model_class_name = "Qwen2VLForConditionalGeneration"
@@ -107,14 +98,6 @@ class Qwen2VLAdapter(VLMAdapter):
         # [B, 3] (t, h, w) in patches; each merge x merge block of patches is one token.
         merge = self.image_processor.merge_size**2
         return [f"{VISION_START}{IMAGE_PAD * (int(grid.prod()) // merge)}{VISION_END}" for grid in processed["image_grid_thw"]]
-
-    def decoded_image_step(self):
-        processor = self.image_processor
-        if not processor.do_resize:
-            return None
-        return functools.partial(_resized_as_the_processor_would, factor=processor.patch_size * processor.merge_size,
-                                 min_pixels=processor.size.shortest_edge, max_pixels=processor.size.longest_edge,
-                                 resample=processor.resample)
 
     def token_inputs(self, input_ids):
         # 1 marks image tokens: multimodal rope gives them 2-D positions.
