@@ -569,13 +569,12 @@ class VLMAdapter(ABC):
         # Then each answer's own tokens but its last (they predict the answer's later tokens),
         # positioned as if each answer alone followed the prompt.
         input_ids = torch.cat([prompt_ids, plan.feed.expand(batch, -1)], dim=1)
-        full = dict(inputs, **self.token_inputs(input_ids))
         positions = torch.cat([positions, self.continuation_positions(next_position, plan.offsets)], dim=-1)
         kept = (shared if include_shared else 0) + 1 + plan.feed.numel()
         allowed = plan.attention(prompt_mask)  # [B, 1, L, L]
         starts = inputs["attention_mask"].shape[1] - inputs["attention_mask"].sum(-1)  # [B] left padding
         input_ids, positions, allowed, cache = self._opening_encoded_once(input_ids, positions, allowed, starts)
-        full = dict(full, **self.token_inputs(input_ids))
+        full = dict(inputs, **self.token_inputs(input_ids))
         scored_tail = _SCORED_TAIL.set(kept if self._tail_only_last_layer() else None)
         try:
             output = self.model(
@@ -620,6 +619,8 @@ class VLMAdapter(ABC):
         opening = 0
         while opening < limit and all(row[opening] == rows[0][opening] for row in rows):
             opening += 1
+        if opening == 0:
+            return input_ids, positions, allowed, None
         columns = torch.arange(length, device=input_ids.device)
         inside = (columns >= starts[:, None]) & (columns < starts[:, None] + opening)  # [B, L]
         # [B, opening] and [B, L - opening]: each row's opening columns, and the others in order.
@@ -627,7 +628,7 @@ class VLMAdapter(ABC):
         rest = columns.expand(batch, -1)[~inside].view(batch, length - opening)
         opening_positions = positions[..., 0:1, :].gather(-1, opening_columns[0:1].expand_as(positions[..., 0:1, :opening]))
         same = positions.gather(-1, opening_columns.expand_as(positions[..., :opening]))
-        if opening == 0 or not torch.equal(same, opening_positions.expand_as(same)):
+        if not torch.equal(same, opening_positions.expand_as(same)):
             return input_ids, positions, allowed, None
         from transformers import DynamicCache
 

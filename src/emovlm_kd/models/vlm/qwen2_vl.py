@@ -37,12 +37,6 @@ class Qwen2VLAdapter(VLMAdapter):
     image_token = IMAGE_PAD
     image_input_keys = ("pixel_values", "image_grid_thw")
     scoring_input_keys = ("image_grid_thw", "mm_token_type_ids")
-
-    def __init__(self, model, *args, **kwargs):
-        super().__init__(model, *args, **kwargs)
-        # Called as a module still, so hooks (e.g. ZeRO-3 gathering its weight) see it.
-        convolution = model.model.visual.patch_embed.proj
-        convolution.forward = functools.partial(_patch_convolution_as_matmul, convolution)
     end_of_turn = IM_END
     # The tiny model: text 128 wide x 2 layers; head_dim 32 -> 16 rotary frequencies split
     # over (time, height, width).
@@ -61,6 +55,12 @@ class Qwen2VLAdapter(VLMAdapter):
     vision_output_key = "hidden_size"
     # The tiny image processor's pixel budget (min, max): at most 8 x 8 merged tokens.
     tiny_image_pixels = (112 * 112, 224 * 224)
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        # Called as a module still, so hooks (e.g. ZeRO-3 gathering its weight) see it.
+        convolution = model.model.visual.patch_embed.proj
+        convolution.forward = functools.partial(_patch_convolution_as_matmul, convolution)
 
     @classmethod
     def tiny_config(cls, **overrides):
