@@ -24,7 +24,7 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
         assert result[key] > 0, key
         assert key in stdout
     assert result["images_per_second_best"] > 0
-    assert "seconds per image (ours)" in stdout
+    assert "seconds per image (ours)" in stdout and "ratio per repeat" in stdout
     # The parts behind --profile and --serve did not run, and their figures are not checked.
     assert "profile" not in result and "serve_ratio" not in result
     assert set(result["targets"]) == set(TARGETS) - {"serve_ratio"}
@@ -32,6 +32,8 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
     predict = result["predict"]
     assert predict["images"] == 3 and predict["batch_size"] == result["best_batch_size"]
+    # One repeat: its paired ratio is the figure, and the two throughputs give it too.
+    assert predict["ratio_per_repeat"] == [pytest.approx(result["predict_end_to_end_ratio"])]
     assert result["predict_end_to_end_ratio"] == pytest.approx(
         predict["model_images_per_second"] / predict["predict_images_per_second"])
 

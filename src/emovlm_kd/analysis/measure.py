@@ -53,12 +53,13 @@ def median_time(calls: Iterable[Callable[[], object]], warm_up: bool = True) -> 
     return statistics.median(elapsed(call) for call in calls)
 
 
-def paired_ratio(first, second, batches: list[list], repeats: int) -> tuple[float, float, float]:
+def paired_ratio(first, second, batches: list[list], repeats: int, every_ratio: bool = False) -> tuple:
     """The time of `first(batch)` over that of `second(batch)` for all batches, timed in pairs.
 
     Each batch is run both ways one right after the other (which goes first alternates), so
     the two timings of a pair see the same state of a shared, noisy machine. Returns the
-    median over repeats of the ratio, and each way's median time per image.
+    median over repeats of the ratio, and each way's median time per image; with
+    `every_ratio`, also the list of each repeat's ratio.
     """
     ways = (first, second)
     for way in ways:  # warm-up
@@ -73,7 +74,8 @@ def paired_ratio(first, second, batches: list[list], repeats: int) -> tuple[floa
         totals[0].append(spent[0])
         totals[1].append(spent[1])
     count = sum(len(batch) for batch in batches)
-    return statistics.median(ratios), statistics.median(totals[0]) / count, statistics.median(totals[1]) / count
+    figures = (statistics.median(ratios), statistics.median(totals[0]) / count, statistics.median(totals[1]) / count)
+    return (*figures, ratios) if every_ratio else figures
 
 
 def weight_bytes(modules: Iterable[nn.Module]) -> int:

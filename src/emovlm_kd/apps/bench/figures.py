@@ -187,9 +187,10 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
 def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dict:
     """`predict` end to end against the model alone, at our best batch size.
 
-    `predict` reads JPEGs of mixed sizes from disk and decodes them in worker processes while
+    `predict` reads JPEGs of mixed sizes from disk and decodes them in worker threads while
     the model runs; the model alone gets the same images decoded beforehand. Their ratio is
-    what reading and decoding still cost once overlapped (1.0: nothing).
+    what reading and decoding still cost once overlapped (1.0: nothing). The two ways
+    alternate, run by run (`paired_ratio`), and every run's ratio is kept.
     """
     import os
     import tempfile
@@ -206,16 +207,21 @@ def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dic
             path = Path(folder) / f"{index:03d}.jpg"
             bench_images(1, config.seed + index, size=max(width, height))[0].resize((width, height)).save(path, quality=90)
             paths.append(path)
-        decoded = [load_rgb(path) for path in paths]
-        model_only = median_time([_over(models.pipeline.predict_images, _batches(decoded, batch_size))] * config.repeats)
-        end_to_end = median_time(
-            [lambda: list(models.pipeline.predict_paths(paths, batch_size=batch_size, workers=workers))] * config.repeats
-        )
+        decoded = dict(zip(paths, (load_rgb(path) for path in paths)))
+
+        def end_to_end(files):
+            list(models.pipeline.predict_paths(files, batch_size=batch_size, workers=workers))
+
+        def model_only(files):
+            _over(models.pipeline.predict_images, _batches([decoded[path] for path in files], batch_size))()
+
+        ratio, predict_seconds, model_seconds, ratios = paired_ratio(end_to_end, model_only, [paths], config.repeats,
+                                                                     every_ratio=True)
     return {
         "predict": {"images": config.predict_images, "batch_size": batch_size, "workers": workers,
-                    "model_images_per_second": config.predict_images / model_only,
-                    "predict_images_per_second": config.predict_images / end_to_end},
-        "predict_end_to_end_ratio": end_to_end / model_only,
+                    "model_images_per_second": 1 / model_seconds, "predict_images_per_second": 1 / predict_seconds,
+                    "ratio_per_repeat": ratios},
+        "predict_end_to_end_ratio": ratio,
     }
 
 

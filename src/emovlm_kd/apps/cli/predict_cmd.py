@@ -1,6 +1,6 @@
 """`emovlm-kd predict`: the emotion of image files or folders, with a trained run.
 
-Worker processes decode the next images while the model runs, and each finished batch is
+Worker threads decode the next images while the model runs, and each finished batch is
 written at once. With --out, a rerun of the same command after a crash continues the file:
 `.FILE.state` beside it names the command while it is unfinished, the whole rows already
 in FILE are kept (a cut last row is dropped) and only the other images are predicted.
@@ -30,7 +30,7 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes decoding images ahead of the model (0: decode in the model's process)")
+                        help="threads decoding images ahead of the model (0: none ahead)")
     parser.add_argument("--explain", action="store_true", help="add a one-sentence explanation by the VLM")
     parser.add_argument("--out", help="write to this file instead of standard output (needed under a launcher); "
                         "rerunning the same command after a crash finishes it")

@@ -205,6 +205,11 @@ def format_bench(result: dict) -> str:
     ours = {int(key.removeprefix("ours_batch")): seconds for key, seconds in result["seconds_per_image"].items()
             if key.startswith("ours_batch")}
     lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
+    if "predict" in result:
+        predict = result["predict"]
+        lines.append(f"{'predict (images/s)':<32} predict {predict['predict_images_per_second']:.2f} vs model "
+                     f"{predict['model_images_per_second']:.2f}, {predict['workers']} decoding threads, ratio per "
+                     "repeat " + ", ".join(f"{ratio:.2f}" for ratio in predict["ratio_per_repeat"]))
     if "serve" in result:
         serve = result["serve"]
         lines.append(f"{'serve (images/s)':<32} server {serve['server_images_per_second']:.2f} vs predict "
