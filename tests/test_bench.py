@@ -16,7 +16,8 @@ from emovlm_kd.apps.report.tables import format_profile
 def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--preset", "tiny", "--images", "2", "--train-images", "2", "--repeats", "1",
-                 "--batch-sizes", "1,2", "--predict-images", "3", "--instruct-images", "1", "--out", str(out)])
+                 "--batch-sizes", "1,2", "--predict-images", "3", "--instruct-images", "1", "--peak-tflops", "0.5",
+                 "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
@@ -30,6 +31,14 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     assert set(result["targets"]) == set(TARGETS) - {"serve_ratio"}
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     assert result["peak_memory_mb"]["emovlm_kd"] > 0 and result["peak_memory_mb"]["dual"] > 0
+    # Throughput at every batch size, and the FLOPs utilisation it implies against the given peak.
+    utilisation = result["utilisation"]
+    assert set(utilisation["images_per_second"]) == {"1", "2"}
+    for size, rate in utilisation["images_per_second"].items():
+        assert rate == pytest.approx(1 / result["seconds_per_image"][f"ours_batch{size}"])
+        assert utilisation["achieved_tflops"][size] == pytest.approx(rate * utilisation["gflops_per_image"] / 1000)
+        assert utilisation["mfu"][size] == pytest.approx(utilisation["achieved_tflops"][size] / 0.5)
+    assert utilisation["peak_source"] == "--peak-tflops" and "MFU" in stdout
     predict = result["predict"]
     assert predict["images"] == 3 and predict["batch_size"] == result["best_batch_size"]
     # One repeat: its paired ratio is the figure, and the two throughputs give it too.
@@ -104,6 +113,8 @@ def test_bad_bench_arguments_say_what_is_wrong(capsys):
     assert "--batch-sizes must include 1" in capsys.readouterr().err
     assert main(["bench", "--device", "gpu0"]) == 2
     assert "is not a device" in capsys.readouterr().err
+    assert main(["bench", "--peak-tflops", "0"]) == 2
+    assert "--peak-tflops must be above 0" in capsys.readouterr().err
 
 
 def test_paired_ratio_times_both_ways_back_to_back(monkeypatch):

@@ -27,6 +27,9 @@ class BenchConfig:
     profile: bool = setting(False, "also profile one batch at the best batch size: where the time goes (operators, "
                             "attention kernels, vision tower / language model / scoring)")
     serve: bool = setting(False, "also time the HTTP server under 16 concurrent clients against predict (serve_ratio)")
+    peak_tflops: float | None = setting(None, "the device's peak dense TFLOP/s in the bench's dtype, for the model "
+                                        "FLOPs utilisation (default: known for H100, H200, A100, L40S and L4 in bf16; "
+                                        "none for a CPU)", metavar="TFLOPS")
     seed: int = 0
     # CPU threads; None: torch's own count.
     threads: int | None = None
@@ -37,5 +40,7 @@ class BenchConfig:
         if min(self.batch_sizes) < 1 or 1 not in self.batch_sizes or min(counts) < 1:
             raise UserError("--images, --repeats, --train-images, --instruct-images and --predict-images must be at "
                             "least 1, and --batch-sizes must include 1.", exit_code=2)
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise UserError("--peak-tflops must be above 0: the device's peak dense TFLOP/s.", exit_code=2)
         self.train_images = min(self.train_images, self.images)
         self.instruct_images = min(self.instruct_images, self.images)

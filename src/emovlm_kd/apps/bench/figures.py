@@ -42,6 +42,8 @@ TARGETS = {
     "serve_ratio": (">=", 0.8),  # with --serve
 }
 HEAD_EPOCHS, GATE_EPOCHS = 5, 10
+# Dense bf16 TFLOP/s from NVIDIA's data sheets (SXM parts), by a fragment of the device name.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 
 
 def resolved_device(config: BenchConfig) -> torch.device:
@@ -50,7 +52,10 @@ def resolved_device(config: BenchConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def bench_images(count: int, seed: int, size: int = 448) -> list[Image.Image]:
+BENCH_IMAGE_SIZE = 448
+
+
+def bench_images(count: int, seed: int, size: int = BENCH_IMAGE_SIZE) -> list[Image.Image]:
     """Deterministic RGB images with structure (gradients and noise), all one size."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
@@ -182,6 +187,34 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
         "floor_ratio": floor_ratio,
         "batch_scaling": scaling,
     }
+
+
+def utilisation_figures(models: Models, config: BenchConfig, result: dict) -> dict:
+    """Images per second at each batch size, and the model FLOPs utilisation they imply.
+
+    FLOPs per image are those `evaluate --efficiency` counts for the same model and workload
+    (`analysis.cost`: the image, the Emotion6 prompt and its labels scored in one pass). The
+    count is for Qwen2-VL's architecture; for another family only images per second are given.
+    """
+    from emovlm_kd.analysis.cost import qwen2_vl_flops, workload_for
+
+    per_image = result["seconds_per_image"]
+    sizes = sorted(int(key.removeprefix("ours_batch")) for key in per_image if key.startswith("ours_batch"))
+    figures = {"images_per_second": {str(size): 1 / per_image[f"ours_batch{size}"] for size in sizes}}
+    if models.adapter.family != "qwen2_vl":
+        return {"utilisation": figures}
+    workload = workload_for(models.adapter, models.taxonomy, image_size=BENCH_IMAGE_SIZE)
+    flops = sum(qwen2_vl_flops(models.adapter.model, workload).values())
+    peak, source = config.peak_tflops, "--peak-tflops"
+    if peak is None and models.device.type == "cuda" and models.dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(models.device)
+        peak, source = next(((value, f"{key} data sheet, dense bf16") for key, value in PEAK_BF16_TFLOPS.items()
+                             if key in name), (None, None))
+    achieved = {size: rate * flops / 1e12 for size, rate in figures["images_per_second"].items()}
+    figures.update(gflops_per_image=flops / 1e9, achieved_tflops=achieved, peak_tflops=peak, peak_source=source)
+    if peak:
+        figures["mfu"] = {size: value / peak for size, value in achieved.items()}
+    return {"utilisation": figures}
 
 
 def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dict:
@@ -361,6 +394,7 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
              f"{config.images} images, {config.repeats} repeats, {config.threads} CPU threads")
     result = {"config": asdict(config), "machine": _machine(device, models.dtype)}
     parts = (("inference", lambda: inference_figures(models, images, config)),
+             ("utilisation", lambda: utilisation_figures(models, config, result)),
              ("stage 2+3 training", lambda: training_figures(models, images[: config.train_images], config)),
              ("memory", lambda: memory_figures(models, images, config)),
              ("predict from disk", lambda: predict_figures(models, config, result["best_batch_size"])))

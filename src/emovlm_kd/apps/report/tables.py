@@ -205,6 +205,16 @@ def format_bench(result: dict) -> str:
     ours = {int(key.removeprefix("ours_batch")): seconds for key, seconds in result["seconds_per_image"].items()
             if key.startswith("ours_batch")}
     lines.append(f"{'seconds per image (ours)':<32} " + ", ".join(f"batch {size}: {ours[size]:.3f}" for size in sorted(ours)))
+    utilisation = result.get("utilisation", {})
+    if "gflops_per_image" in utilisation:
+        sizes = sorted(utilisation["achieved_tflops"], key=int)
+        lines.append(f"{'model FLOPs':<32} {utilisation['gflops_per_image']:.1f} GFLOPs per image; achieved "
+                     + ", ".join(f"batch {size}: {utilisation['achieved_tflops'][size]:.2f}" for size in sizes)
+                     + " TFLOP/s")
+        if "mfu" in utilisation:
+            lines.append(f"{'MFU':<32} " + ", ".join(f"batch {size}: {100 * utilisation['mfu'][size]:.1f}%"
+                                                     for size in sizes)
+                         + f" of {utilisation['peak_tflops']:g} TFLOP/s ({utilisation['peak_source']})")
     if "predict" in result:
         predict = result["predict"]
         lines.append(f"{'predict (images/s)':<32} predict {predict['predict_images_per_second']:.2f} vs model "
