@@ -205,7 +205,7 @@ def utilisation_figures(models: Models, config: BenchConfig, result: dict) -> di
         return {"utilisation": figures}
     workload = workload_for(models.adapter, models.taxonomy, image_size=BENCH_IMAGE_SIZE)
     flops = sum(qwen2_vl_flops(models.adapter.model, workload).values())
-    peak, source = config.peak_tflops, "--peak-tflops"
+    peak, source = config.peak_tflops, "--peak-tflops" if config.peak_tflops else None
     if peak is None and models.device.type == "cuda" and models.dtype == torch.bfloat16:
         name = torch.cuda.get_device_name(models.device)
         peak, source = next(((value, f"{key} data sheet, dense bf16") for key, value in PEAK_BF16_TFLOPS.items()
