@@ -183,7 +183,7 @@ def _run(
     with tqdm(total=len(todo), desc="annotate", unit="image", disable=None) as progress:
         try:
             while received < len(todo):
-                outcome = _next_outcome(outcomes)
+                outcome = outcomes.get()
                 received += 1
                 progress.update()
                 if isinstance(outcome, UserError):
@@ -213,17 +213,6 @@ def _run(
                 _write(out, outcome, report)
     report.not_attempted = len(todo) - received
     report.failures.sort(key=lambda failure: failure.image)
-
-
-def _next_outcome(outcomes: queue.Queue):
-    """The next outcome, waiting in short slices: a Ctrl-C that the system hands to a worker
-    thread is acted on only once the main thread runs again, and an answer held by the
-    endpoint could keep it asleep for as long as the request's timeout."""
-    while True:
-        try:
-            return outcomes.get(timeout=0.2)
-        except queue.Empty:
-            continue
 
 
 def _write(out: AnnotationFile, record: dict, report: AnnotateReport) -> None:
