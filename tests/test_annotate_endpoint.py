@@ -25,7 +25,10 @@ from emovlm_kd.labels import EMOTION6
 
 # The real `emovlm-kd` entry point with only the annotate command registered, so a
 # subprocess starts in about a second instead of importing every stage.
+# A shell that starts the suite in the background (`make test &`) ignores SIGINT, and Python
+# keeps an inherited SIG_IGN: the child takes Ctrl-C back, as a terminal's command would have it.
 CLI = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "import sys, emovlm_kd.apps.cli as cli; "
     "cli.COMMAND_GROUPS[:] = [group for group in cli.COMMAND_GROUPS if group[0] == 'annotate']; "
     "sys.exit(cli.main(sys.argv[1:]))"
