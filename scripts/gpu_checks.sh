@@ -1,41 +1,58 @@
 #!/usr/bin/env bash
-# Every GPU check of the throughput issue in one run: the four stages on the sample dataset
-# (configs/checks/gpu.yaml), predict over its test images, then `bench` with the model FLOPs
-# utilisation at batch 1, 8, 32 and 64. Each step's wall time goes to OUT/times.txt.
+# Every GPU check of the throughput issue in one run: `bench` with the profile and the model
+# FLOPs utilisation at batch 1, 8, 32 and 64; then the four stages on the sample dataset
+# (configs/checks/gpu.yaml) and predict over its test images. Each step's wall time goes to
+# OUT/times.txt, its output to OUT/NAME.log; a step that fails or runs out of time is noted
+# and the next one still runs.
 #
 #   scripts/gpu_checks.sh OUT [PRESET] [SAMPLE]
 #
 # PRESET: bench-7b (default; Qwen2-VL-7B's shapes, random weights, built on the GPU), or tiny
 # to try the script on a CPU first. SAMPLE: the sample dataset (default runs/sample, built
 # here by `emovlm-kd data sample` when missing; it needs the Noto emoji font, so on a machine
-# without network build it beforehand and bring it along). BENCH_ARGS replaces the bench's
-# sizes, e.g. BENCH_ARGS="--images 4 --batch-sizes 1,2 --repeats 1" on a CPU.
-set -euo pipefail
+# without network build it beforehand and bring it along).
+# Environment: BENCH_ARGS replaces the bench's sizes (e.g. "--images 4 --batch-sizes 1,2
+# --repeats 1" on a CPU); WORK holds the trained run and its caches (default OUT/work);
+# BENCH_LIMIT, TRAIN_LIMIT, PREDICT_LIMIT cap each step's seconds (default: none);
+# EMOVLM is the command (default emovlm-kd; "python3 -m emovlm_kd" runs it from src/);
+# STEPS picks steps (default "bench train predict").
+set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT [PRESET] [SAMPLE]}
 preset=${2:-bench-7b}
 sample=${3:-runs/sample}
 emovlm=${EMOVLM:-emovlm-kd}
+work=${WORK:-$out/work}
 bench_args=${BENCH_ARGS:---images 64 --batch-sizes 1,8,32,64 --repeats 3}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-mkdir -p "$out"
+mkdir -p "$out" "$work"
 : > "$out/times.txt"
+failed=0
+steps=" ${STEPS:-bench train predict} "
 
-step() {  # step NAME COMMAND...: runs it, logs to OUT/NAME.log, records its wall time
-    local name=$1 start=$SECONDS
-    shift
-    if ! "$@" > "$out/$name.log" 2>&1; then
-        echo "$name failed after $((SECONDS - start)) s; see $out/$name.log" | tee -a "$out/times.txt"
-        tail -n 20 "$out/$name.log"
-        exit 1
+step() {  # step NAME LIMIT COMMAND...: runs it (at most LIMIT seconds; 0: no limit), logs to OUT/NAME.log
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then
+        echo "$name $((SECONDS - start)) s" | tee -a "$out/times.txt"
+    else
+        echo "$name failed (exit $?) after $((SECONDS - start)) s; see $out/$name.log" | tee -a "$out/times.txt"
+        tail -n 15 "$out/$name.log"
+        failed=1
     fi
-    echo "$name $((SECONDS - start)) s" | tee -a "$out/times.txt"
 }
 
-[ -f "$sample/dataset.json" ] || step sample $emovlm data sample "$sample"
-step train $emovlm train --config configs/checks/gpu.yaml --out "$out/run" "preset=$preset" "data.root=$sample" \
-    "instruct.annotations=$sample/annotations.jsonl" "cache_dir=$out/cache"
-step predict $emovlm predict --run "$out/run" "$sample/test" --batch-size 32 --format csv --out "$out/predict.csv"
-# shellcheck disable=SC2086 # bench_args is a list of flags
-step bench $emovlm bench --preset "$preset" $bench_args --out "$out/bench.json"
-tail -n 25 "$out/bench.log"
+if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
+[ -f "$sample/dataset.json" ] || step sample 0 $emovlm data sample "$sample"
+# shellcheck disable=SC2086 # emovlm and bench_args are lists of words
+[[ $steps == *" bench "* ]] && step bench "${BENCH_LIMIT:-0}" $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
+[[ $steps == *" bench "* ]] && tail -n 40 "$out/bench.log"
+# shellcheck disable=SC2086
+[[ $steps == *" train "* ]] && step train "${TRAIN_LIMIT:-0}" $emovlm train --config configs/checks/gpu.yaml --out "$work/run" "preset=$preset" \
+    "data.root=$sample" "instruct.annotations=$sample/annotations.jsonl" "cache_dir=$work/cache"
+[[ $steps == *" train "* ]] && tail -n 15 "$out/train.log"
+# shellcheck disable=SC2086
+[[ $steps == *" predict "* ]] && step predict "${PREDICT_LIMIT:-0}" $emovlm predict --run "$work/run" "$sample/test" --batch-size 32 --format csv \
+    --out "$out/predict.csv"
+[[ $steps == *" predict "* ]] && tail -n 5 "$out/predict.log"
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
+exit $failed

@@ -198,6 +198,32 @@ def test_gates_fuse_and_round_trip(variant, tmp_path):
     assert torch.equal(Gate.from_pretrained(tmp_path)(head_logits, vlm_probs), fused)
 
 
+@pytest.mark.parametrize("module", [DistillHead(HeadConfig(input_dim=8, num_labels=3, depth=2)),
+                                    Gate(GateConfig(num_labels=3))], ids=["head", "gate"])
+def test_saved_modules_load_onto_the_asked_device(module, tmp_path):
+    # The device a run's VLM sits on (a GPU on a GPU machine); the meta device stands in for
+    # one here: every weight must be there, not left on the CPU (that broke `predict` on a GPU).
+    module.save_pretrained(tmp_path)
+    loaded = type(module).from_pretrained(tmp_path, device="meta")
+    assert {tensor.device.type for tensor in [*loaded.parameters(), *loaded.buffers()]} == {"meta"}
+    on_cpu = type(module).from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(on_cpu.state_dict().values(), module.state_dict().values()))
+
+
 def test_unknown_gate_variant():
     with pytest.raises(ValueError, match="concat_linear"):
         GateConfig(num_labels=2, variant="attention")
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_a_vlm_made_on_a_gpu_machine_keeps_attention_off_cudnn(gpu, tiny_adapter, monkeypatch):
+    # cuDNN attention builds a graph per new shape (seconds each on an H200); our shapes change
+    # with every batch. A CPU-only process is left as it is.
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+        type(tiny_adapter)(tiny_adapter.model, tiny_adapter.tokenizer, tiny_adapter.image_processor)
+        assert torch.backends.cuda.cudnn_sdp_enabled() is not gpu
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

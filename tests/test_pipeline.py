@@ -133,7 +133,7 @@ def test_predict_reports_a_bad_file_and_goes_on(trained, sample_root, capsys, tm
     assert code == 1
     assert [row["error"] is None for row in rows] == [False, True, False]
     assert "broken.jpg" in rows[0]["error"] and rows[0]["label"] is None
-    assert "2 of 3 images could not be read" in err
+    assert "2 of 3 images have no prediction" in err
     code, _, err = cli(capsys, "predict", "--run", run_dir, tmp_path / "missing.jpg")
     assert code == 1 and "does not exist" in err
     code, _, err = cli(capsys, "predict", "--run", tmp_path, good)

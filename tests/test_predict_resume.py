@@ -72,7 +72,7 @@ def test_workers_decode_ahead_of_the_model_with_the_same_output(trained, sample_
         code = main(["predict", "--run", str(trained[0]), "--format", "json", "--batch-size", "2",
                      "--workers", str(workers), *map(str, paths)])
         outputs[workers], err = capsys.readouterr()
-        assert code == 1 and "1 of 7 images could not be read" in err
+        assert code == 1 and "1 of 7 images have no prediction" in err
         log = events.read_text().splitlines()
         decoders = {int(line.split()[1]) for line in log if line.startswith("decode")}
         main_thread = threading.main_thread().ident

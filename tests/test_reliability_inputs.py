@@ -276,7 +276,7 @@ def test_predict_cli_gives_every_file_its_row_in_order(trained, sample_root, tmp
             tally["rejected"] += 1
             assert row["label"] is None and row["error"].endswith("."), row
     failed = len(rows) - sum(row["error"] is None for row in rows)
-    assert code == 1 and f"{failed} of {len(files)} images could not be read" in err
+    assert code == 1 and f"{failed} of {len(files)} images have no prediction" in err
 
 
 image_specs = st.tuples(

@@ -36,6 +36,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def device():
+    """The device this process computes on: its own GPU under a launcher, the GPU where
+    there is one, else the CPU."""
+    import torch
+
+    if launched():
+        return _state().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def barrier() -> None:
     if launched():
         _state().wait_for_everyone()

@@ -41,8 +41,9 @@ class SavableModule(nn.Module):
                 f"{directory} does not hold a usable {cls.__name__} ({error}); train its stage again."
             ) from None
         module = cls(config)
-        module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-        return module.eval()
+        module.load_state_dict(load_file(str(directory / "model.safetensors")))
+        # load_state_dict copies into the module's own tensors, on the CPU: then it moves.
+        return module.to(device).eval()
 
     @classmethod
     def _read_config(cls, directory: Path):

@@ -132,7 +132,7 @@ def predict_into(model, paths: list[Path], args: argparse.Namespace, writer: Row
 
 def report(failed: int, total: int) -> int:
     if failed:
-        print(f"{failed} of {total} images could not be read.", file=sys.stderr)
+        print(f"{failed} of {total} images have no prediction; the error of each says why.", file=sys.stderr)
     return 1 if failed else 0
 
 
