@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from emovlm_kd.cpu_memory import keep_freed_memory
 from emovlm_kd.errors import UserError
 from emovlm_kd.images import ImageError, is_image_file
 from emovlm_kd.labels import Taxonomy
@@ -73,6 +74,8 @@ class EmoVLMKD:
         self.answers = [classification_answer(label) for label in taxonomy.labels]
         # What a batch on a CPU is sized against (see `chunk_size`); None takes every batch whole.
         self.cpu_cache_bytes: int | None = last_level_cache_bytes()
+        if adapter.device.type == "cpu":
+            keep_freed_memory()  # no page faults for every activation of every batch
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
