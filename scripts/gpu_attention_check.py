@@ -4,11 +4,14 @@ predict on batches of new image sizes, with torch's cuDNN attention on, off, and
     python scripts/gpu_attention_check.py bench-7b cuda     (tiny cpu: to try it)
 
 Run on an H200 before cuDNN attention was turned off (benchmarks/h200-2026-12-04/)."""
-import sys, time
+import sys
+import time
+
 import torch
+
+from emovlm_kd.analysis.measure import synchronize
 from emovlm_kd.apps.bench.figures import Models, bench_images
 from emovlm_kd.apps.bench.instruct import instruct_figures
-from emovlm_kd.analysis.measure import synchronize
 
 preset, device = sys.argv[1], sys.argv[2]
 models = Models(preset, 0, device)

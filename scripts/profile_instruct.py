@@ -2,15 +2,23 @@
 reference (every task its own example), as `bench` times them, then torch's profiler.
 
     python scripts/profile_instruct.py bench-7b cuda 4     (tiny cpu 2: to try it)"""
-import sys, time
+import sys
+import time
+
 import torch
-from torch.profiler import profile, ProfilerActivity
+from torch.profiler import ProfilerActivity, profile
+
+from emovlm_kd.analysis.measure import synchronize
 from emovlm_kd.apps.bench.figures import Models, bench_images
 from emovlm_kd.apps.bench.instruct import KEY_ELEMENTS, REASONING
 from emovlm_kd.apps.bench.profile import _attention_kernels
-from emovlm_kd.analysis.measure import synchronize
 from emovlm_kd.config import InstructStageConfig
-from emovlm_kd.prompts import INFERENCE_PROMPT, OBSERVATION_PROMPT, classification_answer, classification_prompt
+from emovlm_kd.prompts import (
+    INFERENCE_PROMPT,
+    OBSERVATION_PROMPT,
+    classification_answer,
+    classification_prompt,
+)
 from emovlm_kd.stages.instruct import apply_lora, keep_answer_logits
 
 preset, device, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -60,7 +68,7 @@ for label in ("warm-up", "timed"):
     parts = {}
     for i in batch:
         for prompt, answer in zip(prompts, answers[i]):
-            inputs = step(lambda: adapter.encode([images[i]], [prompt], [answer]), parts)
+            inputs = step(lambda i=i, p=prompt, a=answer: adapter.encode([images[i]], [p], [a]), parts)
     print(f"reference {label}, {3 * count} steps:", {k: round(v, 4) for k, v in parts.items()}, flush=True)
 print("reference inputs (last):", describe(inputs), flush=True)
 
