@@ -34,32 +34,32 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
 : > "$out/times.txt"
 failed=0
-steps=" ${STEPS:-bench train predict} "
+steps=" sample ${STEPS:-bench train predict} "
 
-step() {  # step NAME LIMIT COMMAND...: runs it (at most LIMIT seconds; 0: no limit), logs to OUT/NAME.log
-    local name=$1 limit=$2 start=$SECONDS
-    shift 2
+# step NAME LIMIT SHOWN COMMAND...: runs it unless STEPS leaves NAME out (at most LIMIT
+# seconds; 0: no limit), logs to OUT/NAME.log and prints the log's last SHOWN lines.
+step() {
+    local name=$1 limit=$2 shown=$3 start=$SECONDS
+    shift 3
+    [[ $steps == *" $name "* ]] || return 0
     if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then
         echo "$name $((SECONDS - start)) s" | tee -a "$out/times.txt"
     else
         echo "$name failed (exit $?) after $((SECONDS - start)) s; see $out/$name.log" | tee -a "$out/times.txt"
-        tail -n 15 "$out/$name.log"
         failed=1
     fi
+    tail -n "$shown" "$out/$name.log"
 }
 
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
-[ -f "$sample/dataset.json" ] || step sample 0 $emovlm data sample "$sample"
+[ -f "$sample/dataset.json" ] || step sample 0 5 $emovlm data sample "$sample"
 # shellcheck disable=SC2086 # emovlm and bench_args are lists of words
-[[ $steps == *" bench "* ]] && step bench "${BENCH_LIMIT:-0}" $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
-[[ $steps == *" bench "* ]] && tail -n 40 "$out/bench.log"
+step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
 # shellcheck disable=SC2086
-[[ $steps == *" train "* ]] && step train "${TRAIN_LIMIT:-0}" $emovlm train --config configs/checks/gpu.yaml --out "$work/run" "preset=$preset" \
+step train "${TRAIN_LIMIT:-0}" 15 $emovlm train --config configs/checks/gpu.yaml --out "$work/run" "preset=$preset" \
     "data.root=$sample" "instruct.annotations=$sample/annotations.jsonl" "cache_dir=$work/cache"
-[[ $steps == *" train "* ]] && tail -n 15 "$out/train.log"
 # shellcheck disable=SC2086
-[[ $steps == *" predict "* ]] && step predict "${PREDICT_LIMIT:-0}" $emovlm predict --run "$work/run" "$sample/test" --batch-size 32 --format csv \
+step predict "${PREDICT_LIMIT:-0}" 5 $emovlm predict --run "$work/run" "$sample/test" --batch-size 32 --format csv \
     --out "$out/predict.csv"
-[[ $steps == *" predict "* ]] && tail -n 5 "$out/predict.log"
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
 exit $failed

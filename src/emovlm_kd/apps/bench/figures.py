@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emovlm_kd import distributed
 from emovlm_kd.analysis.measure import deployment_memory, elapsed, median_time, memory_method, paired_ratio
 from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.instruct import instruct_figures
@@ -47,9 +48,7 @@ PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, 
 
 
 def resolved_device(config: BenchConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    return distributed.device() if config.device == "auto" else torch.device(config.device)
 
 
 BENCH_IMAGE_SIZE = 448
