@@ -1,42 +1,53 @@
-"""A CPU process keeps freed memory for reuse: no page faults for every batch's activations."""
+"""A CPU process keeps freed memory for reuse, unless the user set glibc's thresholds."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-# A layer's activations, of sizes that change from call to call (as with image sizes and
-# batch sizes) but stay under glibc's 32 MiB ceiling for heap blocks: with glibc's defaults
-# freed blocks go back to the kernel, and each new one faults on every page it touches.
-ROUNDS = """
-import resource, sys, torch
+# A fresh process allocates one 20 MiB activation and reports whether glibc mapped it on
+# its own (which it hands back to the kernel when freed, and the next one faults on every
+# page) or took it from the heap, where it stays for reuse. mallinfo2 counts the bytes in
+# separately mapped blocks.
+ONE_ACTIVATION = """
+import ctypes, json, torch
 from emovlm_kd.cpu_memory import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-sizes = [3, 5, 7, 9, 11, 13]  # MiB
-def layer(k):
-    a, b = torch.ones(sizes[k % 6] * 2**18), torch.ones(sizes[(k + 2) % 6] * 2**18)
-    c = a * 2
-    del a
-    return torch.cat([c, b]).sum()
-for k in range(12):
-    layer(k)
-before = faults()
-for k in range(12, 60):
-    layer(k)
-print(faults() - before)
+kept = keep_freed_memory()
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Info
+mapped_before = mallinfo2().hblkhd
+activation = torch.ones(20 * 2**18)  # float32: 20 MiB
+print(json.dumps({"kept": kept, "mapped_mib": round((mallinfo2().hblkhd - mapped_before) / 2**20)}))
 """
 
 
-def faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", ROUNDS, mode], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1])
+def one_activation(keep: bool, **environment: str) -> dict:
+    script = ONE_ACTIVATION if keep else ONE_ACTIVATION.replace("kept = keep_freed_memory()", "kept = False")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env | environment
+    )
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings exist on Linux only")
-def test_freed_activations_are_reused_without_page_faults():
-    default, kept = faults("default"), faults("keep")
-    assert default > 2_000  # 10,000 to 32,000 with glibc's defaults here, 0 to 1,800 kept
-    assert kept < default / 10
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings exist on Linux only")
+
+
+@linux_only
+def test_an_activation_comes_from_the_heap_where_freed_memory_is_kept():
+    assert one_activation(keep=False) == {"kept": False, "mapped_mib": 20}  # glibc's default
+    assert one_activation(keep=True) == {"kept": True, "mapped_mib": 0}
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "environment",
+    [{"MALLOC_MMAP_THRESHOLD_": "131072"}, {"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}],
+)
+def test_the_users_own_malloc_settings_win(environment):
+    assert one_activation(keep=True, **environment) == {"kept": False, "mapped_mib": 20}

@@ -187,6 +187,8 @@ def test_soak_memory_stays_flat(trained, png, tmp_path):
     port = free_port()
     # A fixed mmap threshold: glibc then returns large freed blocks at once instead of keeping
     # some of them, which would make the resting RSS jump by a batch's worth between readings.
+    # Being the user's own malloc setting, it also turns off `keep_freed_memory`, under which
+    # the server rests at up to a few tens of MB more after a new peak (cpu_memory.py).
     env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", MALLOC_MMAP_THRESHOLD_="131072")
     command = [sys.executable, "-m", "emovlm_kd", "serve", "--run", str(trained[0]), "--port", str(port), "--max-body-mb", "0.1"]
     with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
