@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from emovlm_kd.models.vlm.base import VLMAdapter
 
@@ -26,6 +28,23 @@ def _patch_convolution_as_matmul(convolution: torch.nn.Conv3d, patches: torch.Te
         return type(convolution).forward(convolution, patches)
     weight = convolution.weight.flatten(1)  # [D, C * T * P * P]
     return F.linear(patches.flatten(1), weight, convolution.bias)[..., None, None, None]
+
+
+@functools.cache
+def _pixel_values_table(rescale_factor: float | None, mean: tuple | None, std: tuple | None) -> np.ndarray:
+    """[3, 256] float32: what the image processor turns each 8-bit level of each channel into,
+    by its own operations in its own precisions (levels * factor in float64, then float32;
+    (x - mean) / std in float32), so a lookup gives exactly its pixel values."""
+    levels = np.arange(256, dtype=np.uint8)
+    values = levels.astype(np.float32) if rescale_factor is None else (levels.astype(np.float64) * rescale_factor).astype(np.float32)
+    values = np.broadcast_to(values, (3, 256))
+    if mean is not None:
+        values = (values - np.array(mean, np.float32)[:, None]) / np.array(std, np.float32)[:, None]
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _as_channels(value) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
 
 
 class Qwen2VLAdapter(VLMAdapter):
@@ -84,6 +103,48 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def vision_modules(self):
         return {"visual": self.model.model.visual}
+
+    # ---- image preprocessing ------------------------------------------------------------
+
+    def process_images(self, images):
+        """The image processor's output, bit for bit, made faster for plain RGB images: each is
+        resized as the processor resizes it (PIL, its filter, its `smart_resize` size), cut
+        into patches while still 8-bit, and normalized by a lookup table of the processor's
+        own values. Images it would convert first (other modes, transparency) go to it."""
+        processor = self.image_processor
+        plain = all(image.mode == "RGB" and "transparency" not in image.info for image in images)
+        if not (plain and processor.do_resize and processor.size.shortest_edge and processor.size.longest_edge):
+            return super().process_images(images)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        patch, merge, temporal = processor.patch_size, processor.merge_size, processor.temporal_patch_size
+        table = _pixel_values_table(
+            processor.rescale_factor if processor.do_rescale else None,
+            _as_channels(processor.image_mean) if processor.do_normalize else None,
+            _as_channels(processor.image_std) if processor.do_normalize else None,
+        )
+        sizes = [smart_resize(image.height, image.width, factor=patch * merge, min_pixels=processor.size.shortest_edge,
+                              max_pixels=processor.size.longest_edge) for image in images]
+        grids = torch.tensor([[1, height // patch, width // patch] for height, width in sizes])
+        # [sum of patches, C, T, P, P], flattened at the end: each image's patches in the
+        # processor's order.
+        pixel_values = np.empty((int(grids.prod(dim=1).sum()), 3, temporal, patch, patch), np.float32)
+        start = 0
+        for image, (height, width) in zip(images, sizes):
+            if image.size != (width, height):
+                image = image.resize((width, height), resample=processor.resample)
+            grid_h, grid_w = height // patch, width // patch
+            # [H, W, C] -> (h / merge, w / merge, merge, merge, C, P, P): merged blocks, then
+            # patches row by row inside each, as the processor orders them.
+            levels = np.asarray(image).reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
+            levels = levels.transpose(0, 3, 1, 4, 6, 2, 5).reshape(grid_h * grid_w, 3, patch, patch)
+            end = start + grid_h * grid_w
+            # The one frame repeats over the temporal patch, as the processor repeats it.
+            for channel in range(3):
+                for frame in range(temporal):
+                    np.take(table[channel], levels[:, channel], out=pixel_values[start:end, channel, frame], mode="clip")
+            start = end
+        return {"pixel_values": torch.from_numpy(pixel_values.reshape(len(pixel_values), -1)), "image_grid_thw": grids}
 
     # ---- chat format --------------------------------------------------------------------
 
