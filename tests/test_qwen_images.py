@@ -1,5 +1,9 @@
 """The Qwen families' own image preprocessing gives the image processor's output exactly."""
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +63,30 @@ def test_images_the_processor_would_convert_go_to_it(monkeypatch):
         ours = adapter.process_images(batch)
         assert processor_ran == [1]
         assert torch.equal(ours["pixel_values"], original(adapter, batch)["pixel_values"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists on POSIX only")
+def test_a_forked_process_preprocesses_with_threads_of_its_own():
+    """As a DataLoader worker forked after the parent has preprocessed: the parent's thread
+    pool object is copied into the child without its threads, which would hang forever."""
+    adapter = load_vlm(offline_preset_for("qwen2_vl"), seed=0)
+    images = random_images(3, SIZES[:3])
+    expected = adapter.process_images(images)["pixel_values"]  # the parent's threads exist now
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: preprocess, report, and leave without pytest's teardown
+        try:
+            torch.set_num_threads(1)  # as in a DataLoader worker: GNU OpenMP's pool does not survive a fork either
+            same = torch.equal(adapter.process_images(images)["pixel_values"], expected)
+            os.write(writer, b"same" if same else b"different")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    deadline = time.monotonic() + 30
+    while os.waitpid(child, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the forked process hung preprocessing its images")
+        time.sleep(0.05)
+    assert os.read(reader, 16) == b"same"

@@ -8,6 +8,8 @@ features in 3) and in the text model's config.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -41,6 +43,38 @@ def _pixel_values_table(rescale_factor: float | None, mean: tuple | None, std: t
     if mean is not None:
         values = (values - np.array(mean, np.float32)[:, None]) / np.array(std, np.float32)[:, None]
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _patches_into(block: np.ndarray, levels: np.ndarray, table: np.ndarray, patch: int, merge: int) -> None:
+    """Write one image's 8-bit [H, W, C] levels into `block` [N, C, T, P, P] as the Qwen image
+    processor lays out its pixel values: merged blocks of patches, patches row by row inside
+    each, every frame of the temporal patch the same image."""
+    grid_h, grid_w = levels.shape[0] // patch, levels.shape[1] // patch
+    # -> (h / merge, w / merge, merge, merge, C, P, P), still 8-bit.
+    levels = levels.reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
+    levels = levels.transpose(0, 3, 1, 4, 6, 2, 5).reshape(grid_h * grid_w, 3, patch, patch)
+    frame = np.empty(levels.shape, np.float32)
+    for channel in range(3):
+        np.take(table[channel], levels[:, channel], out=frame[:, channel], mode="clip")
+    for time_step in range(block.shape[2]):
+        block[:, :, time_step] = frame
+
+
+def _map_over_images(function, count: int) -> None:
+    """`function(index)` for each image of a batch, side by side in threads (PIL's resize and
+    numpy's lookups release the GIL); one by one inside a DataLoader worker, where the
+    workers are the parallelism."""
+    if count == 1 or torch.utils.data.get_worker_info() is not None:
+        for index in range(count):
+            function(index)
+    else:
+        list(_image_threads(os.getpid()).map(function, range(count)))
+
+
+@functools.cache
+def _image_threads(process_id: int) -> ThreadPoolExecutor:
+    # One pool per process: a forked child inherits the pool object but none of its threads.
+    return ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="emovlm-kd-images")
 
 
 def _as_channels(value) -> tuple[float, ...]:
@@ -110,7 +144,8 @@ class Qwen2VLAdapter(VLMAdapter):
         """The image processor's output, bit for bit, made faster for plain RGB images: each is
         resized as the processor resizes it (PIL, its filter, its `smart_resize` size), cut
         into patches while still 8-bit, and normalized by a lookup table of the processor's
-        own values. Images it would convert first (other modes, transparency) go to it."""
+        own values, the images of a batch in parallel threads. Images the processor would
+        convert first (other modes, transparency) go to it."""
         processor = self.image_processor
         plain = all(image.mode == "RGB" and "transparency" not in image.info for image in images)
         if not (plain and processor.do_resize and processor.size.shortest_edge and processor.size.longest_edge):
@@ -127,23 +162,19 @@ class Qwen2VLAdapter(VLMAdapter):
                               max_pixels=processor.size.longest_edge) for image in images]
         grids = torch.tensor([[1, height // patch, width // patch] for height, width in sizes])
         # [sum of patches, C, T, P, P], flattened at the end: each image's patches in the
-        # processor's order.
-        pixel_values = np.empty((int(grids.prod(dim=1).sum()), 3, temporal, patch, patch), np.float32)
-        start = 0
-        for image, (height, width) in zip(images, sizes):
+        # processor's order, written by one thread per image.
+        counts = grids.prod(dim=1).tolist()
+        pixel_values = np.empty((sum(counts), 3, temporal, patch, patch), np.float32)
+        blocks = np.split(pixel_values, np.cumsum(counts)[:-1])
+
+        def write(index: int) -> None:
+            height, width = sizes[index]
+            image = images[index]
             if image.size != (width, height):
                 image = image.resize((width, height), resample=processor.resample)
-            grid_h, grid_w = height // patch, width // patch
-            # [H, W, C] -> (h / merge, w / merge, merge, merge, C, P, P): merged blocks, then
-            # patches row by row inside each, as the processor orders them.
-            levels = np.asarray(image).reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
-            levels = levels.transpose(0, 3, 1, 4, 6, 2, 5).reshape(grid_h * grid_w, 3, patch, patch)
-            end = start + grid_h * grid_w
-            # The one frame repeats over the temporal patch, as the processor repeats it.
-            for channel in range(3):
-                for frame in range(temporal):
-                    np.take(table[channel], levels[:, channel], out=pixel_values[start:end, channel, frame], mode="clip")
-            start = end
+            _patches_into(blocks[index], np.asarray(image), table, patch, merge)
+
+        _map_over_images(write, len(images))
         return {"pixel_values": torch.from_numpy(pixel_values.reshape(len(pixel_values), -1)), "image_grid_thw": grids}
 
     # ---- chat format --------------------------------------------------------------------
