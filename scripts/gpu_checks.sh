@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU check of the throughput issue in one run: `bench` with the profile and the model
-# FLOPs utilisation at batch 1, 8, 32 and 64; then the four stages on the sample dataset
+# Every GPU check of the throughput issue in one run: the image preprocessing of a batch on
+# this machine's CPU (the image processor against ours; the `bench` preset's processor is
+# bench-7b's); `bench` with the profile and the model FLOPs utilisation at batch 1, 8, 32 and
+# 64; then the four stages on the sample dataset
 # (configs/checks/gpu.yaml) and predict over its test images. Each step's wall time goes to
 # OUT/times.txt, its output to OUT/NAME.log; a step that fails or runs out of time is noted
 # and the next one still runs.
@@ -15,7 +17,8 @@
 # --repeats 1" on a CPU); WORK holds the trained run and its caches (default OUT/work);
 # BENCH_LIMIT, TRAIN_LIMIT, PREDICT_LIMIT cap each step's seconds (default: none);
 # EMOVLM is the command (default emovlm-kd; "python3 -m emovlm_kd" runs it from src/);
-# STEPS picks steps (default "bench train predict").
+# STEPS picks steps (default "preprocessing bench train predict"); PYTHON runs the
+# preprocessing script (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
 # wheels (on 2026-12-04: transformers 5.25, huggingface_hub 2.4, peft 0.21.2, accelerate 1.16,
@@ -34,7 +37,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
 : > "$out/times.txt"
 failed=0
-steps=" sample ${STEPS:-bench train predict} "
+steps=" sample ${STEPS:-preprocessing bench train predict} "
 
 # step NAME LIMIT SHOWN COMMAND...: runs it unless STEPS leaves NAME out (at most LIMIT
 # seconds; 0: no limit), logs to OUT/NAME.log and prints the log's last SHOWN lines.
@@ -53,6 +56,7 @@ step() {
 
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
 [ -f "$sample/dataset.json" ] || step sample 0 5 $emovlm data sample "$sample"
+step preprocessing 0 3 "${PYTHON:-python3}" scripts/time_preprocessing.py bench 8,32,64
 # shellcheck disable=SC2086 # emovlm and bench_args are lists of words
 step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
 # shellcheck disable=SC2086
