@@ -24,8 +24,8 @@ preset, batch_sizes = sys.argv[1], [int(size) for size in sys.argv[2].split(",")
 models = Models(preset, seed=0, device=sys.argv[3] if len(sys.argv) > 3 else "cpu")
 adapter = models.adapter
 for size in batch_sizes:
-    images = bench_images(size, seed=0)
-    processor = median_seconds(lambda: VLMAdapter.process_images(adapter, images))
-    ours = median_seconds(lambda: adapter.process_images(images))
-    encode = median_seconds(lambda: adapter.encode(images, [models.prompt] * size))
+    images, prompts = bench_images(size, seed=0), [models.prompt] * size
+    processor = median_seconds(lambda images=images: VLMAdapter.process_images(adapter, images))
+    ours = median_seconds(lambda images=images: adapter.process_images(images))
+    encode = median_seconds(lambda images=images, prompts=prompts: adapter.encode(images, prompts))
     print(f"batch {size}: image processor {processor:.4f} s, ours {ours:.4f} s ({processor / ours:.1f}x), encode {encode:.4f} s")

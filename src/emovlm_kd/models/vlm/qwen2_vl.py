@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from emovlm_kd.models.vlm.base import VLMAdapter
 
@@ -74,7 +73,11 @@ def _map_over_images(function, count: int) -> None:
 @functools.cache
 def _image_threads(process_id: int) -> ThreadPoolExecutor:
     # One pool per process: a forked child inherits the pool object but none of its threads.
-    return ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="emovlm-kd-images")
+    # The cores this process may use, shared with the other processes a launcher started on
+    # this machine (one per GPU), at most 8.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return ThreadPoolExecutor(threads, thread_name_prefix="emovlm-kd-images")
 
 
 def _as_channels(value) -> tuple[float, ...]:
