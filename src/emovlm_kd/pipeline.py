@@ -78,13 +78,16 @@ class EmoVLMKD:
             keep_freed_memory()  # no page faults for every activation of every batch
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path) -> EmoVLMKD:
+    def from_pretrained(cls, run_dir: str | Path, dtype: torch.dtype | None = None) -> EmoVLMKD:
         """Load the tuned VLM, head and gate of a finished run, or of an exported model: its
-        folder, or its Hugging Face Hub id (a name that is no folder here), downloaded first."""
+        folder, or its Hugging Face Hub id (a name that is no folder here), downloaded first.
+
+        `dtype` runs the VLM in that precision (default: bf16 on a GPU, fp32 on a CPU); the
+        head and gate, a few thousand parameters, stay in fp32."""
         run = RunFolder.open(_run_folder(run_dir))
         run.require("instruct", "distill", "gate")
         taxonomy = run.taxonomy
-        adapter = run.load_tuned_vlm()
+        adapter = run.load_tuned_vlm(dtype)
         device = adapter.device
         head = DistillHead.from_pretrained(run.stage_dir("distill"), device=device)
         run.check_head_width(head, adapter.pooled_width)

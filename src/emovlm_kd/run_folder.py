@@ -134,9 +134,9 @@ class RunFolder:
         """How the run's tuned VLM loads (4-bit base and unmerged adapter after QLoRA)."""
         return tuned_loading(self._tuning_method())
 
-    def load_tuned_vlm(self):
-        """The run's instruction-tuned VLM, loaded as it was tuned."""
-        return load_tuned_vlm(self.preset, self.require("instruct"), self._tuning_method(), self.config.seed)
+    def load_tuned_vlm(self, dtype: torch.dtype | None = None):
+        """The run's instruction-tuned VLM, loaded as it was tuned (in `dtype` where given)."""
+        return load_tuned_vlm(self.preset, self.require("instruct"), self._tuning_method(), self.config.seed, dtype)
 
     def _tuning_method(self) -> str | None:
         return self.stage_metrics("instruct").get("method")

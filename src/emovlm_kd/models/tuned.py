@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from emovlm_kd.errors import UserError
-from emovlm_kd.models.registry import ModelPreset, load_vlm
+from emovlm_kd.models.registry import OFFLINE_PREFIX, ModelPreset, load_vlm
 
 METHODS = ("auto", "qlora", "lora", "full")
 
@@ -39,12 +39,18 @@ def tuned_loading(method: str | None) -> dict[str, bool]:
     return {"quantize_4bit": method == "qlora", "merge": method != "qlora"}
 
 
-def load_tuned_vlm(preset: ModelPreset, instruct_dir: Path, method: str | None, seed: int):
-    """The preset's VLM with the tuning saved in `instruct_dir` applied (see `tuned_loading`)."""
+def load_tuned_vlm(preset: ModelPreset, instruct_dir: Path, method: str | None, seed: int,
+                   dtype: torch.dtype | None = None):
+    """The preset's VLM with the tuning saved in `instruct_dir` applied (see `tuned_loading`),
+    in `dtype` where given (a 4-bit model keeps its own)."""
     loading = tuned_loading(method)
     if loading["quantize_4bit"]:
         resolve_method("qlora", preset.instruct_method)  # one sentence where no GPU or bitsandbytes
-    adapter = load_vlm(preset, seed=seed, quantize_4bit=loading["quantize_4bit"])
+    # An offline preset's base weights come from its seed: drawn as in training (default
+    # dtype) and cast afterwards, they are the trained model's whatever torch's initialisers
+    # would draw in another dtype. A hub model's stored weights load in `dtype` directly.
+    offline = preset.vlm.startswith(OFFLINE_PREFIX)
+    adapter = load_vlm(preset, seed=seed, quantize_4bit=loading["quantize_4bit"], dtype=None if offline else dtype)
     if (instruct_dir / "adapter").is_dir():
         from peft import PeftModel
 
@@ -55,6 +61,8 @@ def load_tuned_vlm(preset: ModelPreset, instruct_dir: Path, method: str | None, 
     else:
         adapter.model = type(adapter.model).from_pretrained(instruct_dir / "model", dtype=adapter.model.dtype,
                                                             use_safetensors=True)
+    if dtype is not None and not loading["quantize_4bit"]:
+        adapter.model.to(dtype)
     adapter.model.eval()
     return adapter
 

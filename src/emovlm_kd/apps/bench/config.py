@@ -24,6 +24,8 @@ class BenchConfig:
                                   metavar="N")
     device: str = setting("auto", "cpu, cuda or cuda:N; auto: the GPU in bf16 where there is one, else the CPU "
                           "in fp32", metavar="DEVICE")
+    dtype: str = setting("auto", "precision of both ways: auto (bf16 on a GPU, float32 on a CPU), float32 or bfloat16",
+                         choices=("auto", "float32", "bfloat16"), metavar="DTYPE")
     profile: bool = setting(False, "also profile one batch at the best batch size: where the time goes (operators, "
                             "attention kernels, vision tower / language model / scoring)")
     serve: bool = setting(False, "also time the HTTP server under 16 concurrent clients against predict (serve_ratio)")

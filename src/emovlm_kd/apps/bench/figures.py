@@ -30,6 +30,7 @@ from emovlm_kd.analysis.measure import deployment_memory, elapsed, median_time, 
 from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.instruct import instruct_figures
 from emovlm_kd.models.parameters import count_parameters
+from emovlm_kd.models.registry import INFERENCE_DTYPES
 from emovlm_kd.prompts import classification_answer, classification_prompt
 
 TARGETS = {
@@ -69,7 +70,7 @@ def bench_images(count: int, seed: int, size: int = BENCH_IMAGE_SIZE) -> list[Im
 class Models:
     """The preset's VLM with a (random) head, gate and teacher, as a run would hold them."""
 
-    def __init__(self, preset_name: str, seed: int, device: torch.device | str = "cpu"):
+    def __init__(self, preset_name: str, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
         from emovlm_kd.labels import EMOTION6
         from emovlm_kd.models.gate import Gate, GateConfig
         from emovlm_kd.models.head import DistillHead, HeadConfig
@@ -79,7 +80,7 @@ class Models:
 
         preset = get_preset(preset_name)
         self.device = torch.device(device)
-        self.dtype = default_dtype() if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype or (default_dtype() if self.device.type == "cuda" else torch.float32)
         torch.manual_seed(seed)
         adapter = load_vlm(preset, seed=seed, device=self.device, dtype=self.dtype)
         adapter.model.to(self.device)
@@ -386,7 +387,7 @@ def run_bench(config: BenchConfig, progress=print, checkpoint=None) -> dict:
     config = replace(config, threads=config.threads or torch.get_num_threads())
     torch.set_num_threads(config.threads)
     device = resolved_device(config)
-    models = Models(config.preset, config.seed, device=device)
+    models = Models(config.preset, config.seed, device=device, dtype=INFERENCE_DTYPES[config.dtype])
     images = bench_images(config.images, config.seed)
     parameters = count_parameters(models.adapter.model)
     progress(f"bench: {config.preset} preset, {parameters / 1e6:,.0f}M parameters on {device} ({models.dtype}), "

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from emovlm_kd.apps.cli.flags import add_dtype_flag, inference_dtype
+
 
 def register(subparsers, help_text: str) -> None:
     parser = subparsers.add_parser("predict", help=help_text, description=help_text)
@@ -32,6 +34,7 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads decoding images ahead of the model (0: none ahead)")
     parser.add_argument("--explain", action="store_true", help="add a one-sentence explanation by the VLM")
+    add_dtype_flag(parser)
     parser.add_argument("--out", help="write to this file instead of standard output (needed under a launcher); "
                         "rerunning the same command after a crash finishes it")
     parser.add_argument("--overwrite", action="store_true", help="start --out over even when it holds another "
@@ -93,7 +96,7 @@ def execute(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no image files found in the given paths; give .jpg/.png/... files or folders holding them.")
     if not args.out:
-        model = EmoVLMKD.from_pretrained(args.run)
+        model = EmoVLMKD.from_pretrained(args.run, dtype=inference_dtype(args.dtype))
         failed = predict_into(model, paths, args, RowWriter(sys.stdout, args.format, model.taxonomy.labels))
         return report(failed, len(paths))
     out = Path(args.out)
@@ -105,7 +108,7 @@ def execute(args: argparse.Namespace) -> int:
     mine = paths[distributed.rank() :: distributed.world_size()]
     if done:
         print(f"{target}: {len(done)} of {len(mine)} images predicted already, going on with the rest", file=sys.stderr)
-    model = EmoVLMKD.from_pretrained(args.run)
+    model = EmoVLMKD.from_pretrained(args.run, dtype=inference_dtype(args.dtype))
     with open(target, "a", encoding="utf-8", newline="") as handle:
         # In append mode the position is the file's end: a new (or emptied) file needs its CSV header.
         writer = RowWriter(handle, fmt, model.taxonomy.labels, header=handle.tell() == 0, durable=True)
@@ -150,8 +153,10 @@ def command_state(args: argparse.Namespace, paths: list[Path]) -> dict:
 
     # The images as printed and as absolute paths: the same names from another folder differ.
     images = hashlib.sha256("".join(f"{path}\0{os.path.abspath(path)}\n" for path in paths).encode()).hexdigest()
+    # The precision only where asked for, so that files begun before --dtype existed resume.
+    precision = {"dtype": args.dtype} if args.dtype != "auto" else {}
     return {"images": images, "count": len(paths), "run": os.path.abspath(args.run), "format": args.format,
-            "explain": args.explain, "processes": distributed.world_size()}
+            "explain": args.explain, "processes": distributed.world_size(), **precision}
 
 
 def resume(out: Path, target: Path, fmt: str, state: dict, overwrite: bool) -> list[bool]:

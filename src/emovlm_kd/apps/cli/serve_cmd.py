@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emovlm_kd.apps.cli.flags import add_config_flags, config_from_flags
+from emovlm_kd.apps.cli.flags import add_config_flags, add_dtype_flag, config_from_flags, inference_dtype
 from emovlm_kd.apps.server.config import ServerConfig
 from emovlm_kd.errors import UserError
 
@@ -15,6 +15,7 @@ def register(subparsers, help_text: str) -> None:
     parser.add_argument("--run", required=True, help="a trained run folder")
     # One flag per ServerConfig field, with its default and help.
     add_config_flags(parser, ServerConfig)
+    add_dtype_flag(parser)
     parser.set_defaults(func=execute)
 
 
@@ -39,7 +40,7 @@ def execute(args: argparse.Namespace) -> int:
     config = config_from_flags(ServerConfig, args)
     if config.model_name is None:
         config.model_name = Path(args.run).resolve().name
-    model = EmoVLMKD.from_pretrained(args.run)
+    model = EmoVLMKD.from_pretrained(args.run, dtype=inference_dtype(args.dtype))
     app = create_app(model, config)
     print(f"serving {args.run} as {config.model_name!r} on http://{config.host}:{config.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info" if args.verbose else "warning")
