@@ -53,3 +53,15 @@ def test_an_unknown_precision_is_refused_in_one_sentence(trained, capsys):
         main(["predict", "--run", str(trained[0]), "--dtype", "float16", "x.jpg"])
     assert refused.value.code == 2
     assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_predict_serve_and_bench_take_every_precision_the_registry_names():
+    from emovlm_kd.apps.cli import build_parser
+    from emovlm_kd.models.registry import INFERENCE_DTYPES
+
+    parser = build_parser()
+    for command in (["predict", "--run", "r", "x.jpg"], ["serve", "--run", "r"], ["bench"]):
+        for name in INFERENCE_DTYPES:
+            assert parser.parse_args([*command, "--dtype", name]).dtype == name
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--dtype", "float16"])
