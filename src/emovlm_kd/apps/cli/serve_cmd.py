@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emovlm_kd.apps.cli.flags import add_config_flags, add_dtype_flag, config_from_flags, inference_dtype
+from emovlm_kd.apps.cli.flags import (
+    add_config_flags,
+    add_dtype_flag,
+    config_from_flags,
+    inference_dtype,
+)
 from emovlm_kd.apps.server.config import ServerConfig
 from emovlm_kd.errors import UserError
 
