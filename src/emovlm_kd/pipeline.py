@@ -74,6 +74,9 @@ class EmoVLMKD:
         self.answers = [classification_answer(label) for label in taxonomy.labels]
         # What a batch on a CPU is sized against (see `chunk_size`); None takes every batch whole.
         self.cpu_cache_bytes: int | None = last_level_cache_bytes()
+        # Whether `predict_batches` preprocesses the next batch while the model runs this one
+        # (see `predict_batches`): on an accelerator, where the host's cores are otherwise idle.
+        self.prepare_ahead = adapter.device.type != "cpu"
         if adapter.device.type == "cpu":
             keep_freed_memory()  # no page faults for every activation of every batch
 
@@ -97,11 +100,19 @@ class EmoVLMKD:
     @torch.no_grad()
     def predict_images(self, images: list[Image.Image], explain: bool = False) -> list[Prediction]:
         """Predictions for RGB images, in order; a large batch on a CPU runs in chunks (`chunk_size`)."""
+        return self._predict_encoded(self._encoded_chunks(images), explain)
+
+    def _encoded_chunks(self, images: list[Image.Image]) -> Iterator[tuple[list[Image.Image], dict]]:
+        """The batch's chunks, each with its model inputs (on the host), encoded as they are asked for."""
         # Equal chunks (sizes differ by one at most): no small remainder runs alone.
         count = -(-len(images) // self.chunk_size(images))
         bounds = [len(images) * part // count for part in range(count + 1)]
-        return [prediction for start, end in itertools.pairwise(bounds)
-                for prediction in self._predict_chunk(images[start:end], explain)]
+        for start, end in itertools.pairwise(bounds):
+            chunk = images[start:end]
+            yield chunk, self.adapter.encode(chunk, [self.prompt] * len(chunk))
+
+    def _predict_encoded(self, chunks: Iterable[tuple[list[Image.Image], dict]], explain: bool) -> list[Prediction]:
+        return [prediction for images, inputs in chunks for prediction in self._predict_chunk(images, inputs, explain)]
 
     def chunk_size(self, images: list[Image.Image]) -> int:
         """Most images per model call: on a GPU all of them; on a CPU as many as keep the
@@ -125,9 +136,10 @@ class EmoVLMKD:
         per_image = 3 * tokens * text.intermediate_size * self.adapter.model.dtype.itemsize
         return max(1, min(len(images), self.cpu_cache_bytes // per_image))
 
-    def _predict_chunk(self, images: list[Image.Image], explain: bool) -> list[Prediction]:
+    @torch.no_grad()
+    def _predict_chunk(self, images: list[Image.Image], inputs: dict, explain: bool) -> list[Prediction]:
         # On the device once: the pixels are the largest input, and cross to a GPU one time.
-        inputs = self.adapter.to_device(self.adapter.encode(images, [self.prompt] * len(images)))
+        inputs = self.adapter.to_device(inputs)
         visual = self.adapter.visual_tokens(inputs)  # the one visual-encoder pass
         head_logits = self.head(visual.pooled().to(self.adapter.device))
         vlm_logprobs = self.adapter.answer_logprobs(inputs, self.answers, visual=visual, include_shared=False).log_softmax(-1)
@@ -170,22 +182,57 @@ class EmoVLMKD:
         """
         starts = range(skip - skip % batch_size, len(paths), batch_size)
         batches = [[str(path) for path in paths[max(start, skip) : start + batch_size]] for start in starts]
-        for loaded in _decoded(batches, workers):
-            yield self._predict_loaded(loaded, explain)
+        decoded = _decoded(batches, workers)
+        if not self.prepare_ahead:
+            for loaded in decoded:
+                yield self._predict_loaded(loaded, None, explain)
+            return
+        # One batch ahead, on a thread of its own: the image processor's resizing and
+        # patching (up to half of a batch's time on an H200, with the model's kernels queued
+        # on the GPU) overlaps the model. Not on a CPU, where the model's threads take every
+        # core and the two would only compete.
+        with ThreadPoolExecutor(1, thread_name_prefix="emovlm-kd-prepare") as pool:
+            ahead = None
+            try:
+                for loaded in decoded:
+                    upcoming = pool.submit(self._prepared, loaded)
+                    if ahead is not None:
+                        yield self._predict_loaded(*ahead.result(), explain)
+                    ahead = upcoming
+                if ahead is not None:
+                    yield self._predict_loaded(*ahead.result(), explain)
+            finally:  # also when the caller stops early
+                if ahead is not None:
+                    ahead.cancel()
 
-    def _predict_loaded(self, loaded: list[tuple[str, Image.Image | str]], explain: bool) -> list[Prediction]:
+    def _prepared(self, loaded: list[tuple[str, Image.Image | str]]) -> tuple[list, list | None]:
+        """A decoded batch and its readable images' encoded chunks; None where encoding
+        failed (`_flush` then takes the images one at a time, as without preparing)."""
+        readable = [image for _, image in loaded if not isinstance(image, str)]
+        try:
+            return loaded, list(self._encoded_chunks(readable)) if readable else []
+        except Exception:
+            return loaded, None
+
+    def _predict_loaded(
+        self, loaded: list[tuple[str, Image.Image | str]], chunks: list | None, explain: bool
+    ) -> list[Prediction]:
         """Predictions for a batch of decoded images, each unreadable one in its place with its error."""
         readable = [(path, image) for path, image in loaded if not isinstance(image, str)]
-        predicted = iter(self._flush(readable, explain))
+        predicted = iter(self._flush(readable, explain, chunks))
         return [
             Prediction(image=path, error=image) if isinstance(image, str) else next(predicted) for path, image in loaded
         ]
 
-    def _flush(self, batch, explain) -> list[Prediction]:
+    def _flush(self, batch, explain, chunks: list | None = None) -> list[Prediction]:
+        """Predictions for (path, image) pairs, from their encoded `chunks` where given."""
         if not batch:
             return []
         try:
-            predictions = self.predict_images([image for _, image in batch], explain=explain)
+            if chunks is None:
+                predictions = self.predict_images([image for _, image in batch], explain=explain)
+            else:
+                predictions = self._predict_encoded(chunks, explain)
         except Exception as error:
             if len(batch) > 1:
                 # One image the model cannot take must not cost the others their predictions.
