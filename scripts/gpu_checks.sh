@@ -17,8 +17,11 @@
 # --repeats 1" on a CPU); WORK holds the trained run and its caches (default OUT/work);
 # BENCH_LIMIT, TRAIN_LIMIT, PREDICT_LIMIT cap each step's seconds (default: none);
 # EMOVLM is the command (default emovlm-kd; "python3 -m emovlm_kd" runs it from src/);
-# STEPS picks steps (default "preprocessing bench train predict"); PYTHON runs the
-# preprocessing script (default python3).
+# STEPS picks steps (default "preprocessing bench train predict"; "ahead" adds
+# scripts/time_predict_ahead.py on PRESET at batch 32, 128 JPEGs: predict with each batch
+# preprocessed while the model runs the one before, against inline, about 2 minutes more
+# at 7B; bench's predict_end_to_end_ratio already shows the overlap); PYTHON runs the
+# preprocessing and ahead scripts (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
 # wheels (on 2026-12-04: transformers 5.25, huggingface_hub 2.4, peft 0.21.2, accelerate 1.16,
@@ -57,6 +60,7 @@ step() {
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
 [ -f "$sample/dataset.json" ] || step sample 0 5 $emovlm data sample "$sample"
 step preprocessing 0 3 "${PYTHON:-python3}" scripts/time_preprocessing.py bench 8,32,64
+step ahead 0 3 "${PYTHON:-python3}" scripts/time_predict_ahead.py "$preset" 32 128 "$(command -v nvidia-smi > /dev/null && echo cuda || echo cpu)"
 # shellcheck disable=SC2086 # emovlm and bench_args are lists of words
 step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
 # shellcheck disable=SC2086
