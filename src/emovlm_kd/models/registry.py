@@ -45,8 +45,14 @@ class ModelPreset:
     vision_weights: str | None = None
 
     @property
+    def vlm_built_in_code(self) -> bool:
+        """The VLM is built here from its seed (an "offline:" one), not loaded from the hub or a folder."""
+        return self.vlm.startswith(OFFLINE_PREFIX)
+
+    @property
     def offline(self) -> bool:
-        return self.vlm.startswith(OFFLINE_PREFIX) and self.teacher.startswith(OFFLINE_PREFIX)
+        """VLM and teacher both built here: the preset runs with no download."""
+        return self.vlm_built_in_code and self.teacher.startswith(OFFLINE_PREFIX)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -273,7 +279,7 @@ def vlm_parameters(preset: ModelPreset) -> int | None:
 
     adapter_class = get_adapter_class(preset.family)
     config_class = adapter_class.model_class().config_class
-    if preset.vlm.startswith(OFFLINE_PREFIX):
+    if preset.vlm_built_in_code:
         config = adapter_class.tiny_config(**preset.tiny_overrides)
     elif (config_file := local_config_file(preset.vlm)) is not None:
         config = config_class.from_json_file(str(config_file))
@@ -320,7 +326,7 @@ def load_vlm(preset: ModelPreset, *, seed: int = 0, quantize_4bit: bool = False,
     from emovlm_kd.models.vlm import get_adapter_class
 
     adapter_class = get_adapter_class(preset.family)
-    if preset.vlm.startswith(OFFLINE_PREFIX):
+    if preset.vlm_built_in_code:
         if preset.gpu_only:
             if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
                 raise UserError(f"the {preset.name} preset is built in GPU memory (it is far too large for a CPU) "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from emovlm_kd.errors import UserError
-from emovlm_kd.models.registry import OFFLINE_PREFIX, ModelPreset, load_vlm
+from emovlm_kd.models.registry import ModelPreset, load_vlm
 
 METHODS = ("auto", "qlora", "lora", "full")
 
@@ -49,7 +49,7 @@ def load_tuned_vlm(preset: ModelPreset, instruct_dir: Path, method: str | None, 
     # An offline preset's base weights come from its seed: drawn as in training (default
     # dtype) and cast afterwards, they are the trained model's whatever torch's initialisers
     # would draw in another dtype. A hub model's stored weights load in `dtype` directly.
-    offline = preset.vlm.startswith(OFFLINE_PREFIX)
+    offline = preset.vlm_built_in_code
     adapter = load_vlm(preset, seed=seed, quantize_4bit=loading["quantize_4bit"], dtype=None if offline else dtype)
     if (instruct_dir / "adapter").is_dir():
         from peft import PeftModel
