@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of the throughput issue in one run: the image preprocessing of a batch on
 # this machine's CPU (the image processor against ours; the `bench` preset's processor is
-# bench-7b's); `bench` with the profile and the model FLOPs utilisation at batch 1, 8, 32 and
-# 64; then the four stages on the sample dataset
-# (configs/checks/gpu.yaml) and predict over its test images. Each step's wall time goes to
+# bench-7b's); `bench` with the profile, the server under 16 clients (serve_ratio) and the
+# model FLOPs utilisation at batch 1, 8, 32 and 64; then the four stages on the sample
+# dataset (configs/checks/gpu.yaml) and predict over its test images. Each step's wall time goes to
 # OUT/times.txt, its output to OUT/NAME.log; a step that fails or runs out of time is noted
 # and the next one still runs.
 #
@@ -62,7 +62,7 @@ if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.to
 step preprocessing 0 3 "${PYTHON:-python3}" scripts/time_preprocessing.py bench 8,32,64
 step ahead 0 3 "${PYTHON:-python3}" scripts/time_predict_ahead.py "$preset" 32 128 "$(command -v nvidia-smi > /dev/null && echo cuda || echo cpu)"
 # shellcheck disable=SC2086 # emovlm and bench_args are lists of words
-step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --out "$out/bench.json"
+step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --serve --out "$out/bench.json"
 # shellcheck disable=SC2086
 step train "${TRAIN_LIMIT:-0}" 15 $emovlm train --config configs/checks/gpu.yaml --out "$work/run" "preset=$preset" \
     "data.root=$sample" "instruct.annotations=$sample/annotations.jsonl" "cache_dir=$work/cache"
