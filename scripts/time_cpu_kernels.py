@@ -37,9 +37,10 @@ for name, (query, mask) in shapes.items():
     times = {}
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
         with sdpa_kernel(backend):
-            times[backend] = milliseconds(lambda: F.scaled_dot_product_attention(query, key, value, attn_mask=mask))
+            times[backend] = milliseconds(lambda q=query, k=key, v=value, m=mask: F.scaled_dot_product_attention(
+                q, k, v, attn_mask=m))
 
-    def products():
+    def products(query=query, key=key, value=value, mask=mask):
         scores = query @ key.transpose(-1, -2) * 0.125
         return (scores if mask is None else scores + mask).softmax(-1) @ value
 

@@ -146,3 +146,32 @@ def test_the_7b_sized_preset_asks_for_a_gpu(capsys):
         pytest.skip("this machine has a GPU: the preset would be built")
     assert main(["bench", "--preset", "bench-7b", "--images", "1", "--repeats", "1", "--batch-sizes", "1"]) == 1
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_a_missed_speedup_is_told_apart_as_ours_or_the_machines():
+    """With ours at the floor, a missed speed-up is the machine's (its arithmetic against the
+    reference's decoding); with ours above it, it is a slowdown of ours, to profile."""
+    import copy
+    from pathlib import Path
+
+    from emovlm_kd.apps.report.tables import format_bench
+
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "bench-cpu.json").read_text())
+    assert all(target["met"] for target in result["targets"].values())
+    assert "missed" not in format_bench(result)
+
+    slow_machine = copy.deepcopy(result)
+    slow_machine["inference_speedup_batched"] = 2.35
+    slow_machine["targets"]["inference_speedup_batched"]["met"] = False
+    text = format_bench(slow_machine)
+    assert "inference_speedup_batched missed with ours at the floor (0.96 times one bare forward pass" in text
+    assert "slower than it should be" not in text
+
+    slow_ours = copy.deepcopy(slow_machine)
+    slow_ours["floor_ratio"] = 1.31
+    slow_ours["targets"]["floor_ratio"]["met"] = False
+    slow_ours["targets"]["inference_speedup_batch1"]["met"] = False
+    text = format_bench(slow_ours)
+    assert ("inference_speedup_batch1 and inference_speedup_batched missed, and ours costs 1.31 times one bare "
+            "forward pass: our path is slower than it should be; --profile shows where its time goes.") in text
+    assert "at the floor" not in text
