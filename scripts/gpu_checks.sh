@@ -19,8 +19,9 @@
 # EMOVLM is the command (default emovlm-kd; "python3 -m emovlm_kd" runs it from src/);
 # STEPS picks steps (default "preprocessing bench train predict"; "ahead" adds
 # scripts/time_predict_ahead.py on PRESET at batch 32, 128 JPEGs: predict with each batch
-# preprocessed while the model runs the one before, against inline, about 2 minutes more
-# at 7B; bench's predict_end_to_end_ratio already shows the overlap); PYTHON runs the
+# preprocessed while the model runs the one before, against inline: 12 passes over the 128
+# images and building the model, not yet timed at 7B; 34 s on `tiny` on 2 CPU cores;
+# bench's predict_end_to_end_ratio already shows the overlap); PYTHON runs the
 # preprocessing and ahead scripts (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
