@@ -187,10 +187,11 @@ class EmoVLMKD:
             for loaded in decoded:
                 yield self._predict_loaded(loaded, None, explain)
             return
-        # One batch ahead, on a thread of its own: the image processor's resizing and
-        # patching (up to half of a batch's time on an H200, with the model's kernels queued
-        # on the GPU) overlaps the model. Not on a CPU, where the model's threads take every
-        # core and the two would only compete.
+        # One batch ahead, on a thread of its own: the resizing, patching and tokenizing
+        # (45% of a batch of 32 on an H200 with Qwen2-VL's image processor, before our own
+        # preprocessing) overlap the model's kernels on the GPU. Not on a CPU, where the
+        # model's threads take every core: there it gained nothing on `bench` and cost 12%
+        # on `tiny` (scripts/time_predict_ahead.py).
         with ThreadPoolExecutor(1, thread_name_prefix="emovlm-kd-prepare") as pool:
             ahead = None
             try:
