@@ -62,8 +62,11 @@ if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.to
 [ -f "$sample/dataset.json" ] || step sample 0 5 $emovlm data sample "$sample"
 step preprocessing 0 3 "${PYTHON:-python3}" scripts/time_preprocessing.py bench 8,32,64
 step ahead 0 3 "${PYTHON:-python3}" scripts/time_predict_ahead.py "$preset" 32 128 "$(command -v nvidia-smi > /dev/null && echo cuda || echo cpu)"
-# shellcheck disable=SC2086 # emovlm and bench_args are lists of words
-step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile --serve --out "$out/bench.json"
+# The server part needs fastapi and uvicorn (the serve extra); without them the bench runs without it.
+serve=--serve
+"${PYTHON:-python3}" -c "import fastapi, uvicorn" 2> /dev/null || { serve=; echo "no fastapi/uvicorn here: bench runs without --serve"; }
+# shellcheck disable=SC2086 # emovlm, bench_args and serve are lists of words
+step bench "${BENCH_LIMIT:-0}" 40 $emovlm bench --preset "$preset" $bench_args --profile $serve --out "$out/bench.json"
 # shellcheck disable=SC2086
 step train "${TRAIN_LIMIT:-0}" 15 $emovlm train --config configs/checks/gpu.yaml --out "$work/run" "preset=$preset" \
     "data.root=$sample" "instruct.annotations=$sample/annotations.jsonl" "cache_dir=$work/cache"
