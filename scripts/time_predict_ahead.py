@@ -5,26 +5,18 @@ default); the two ways alternate run by run, and the predictions are compared fi
     python scripts/time_predict_ahead.py bench 4 64           (bench-7b 32 128 cuda on a GPU machine)"""
 import sys
 import tempfile
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from emovlm_kd.analysis.measure import paired_ratio
-from emovlm_kd.apps.bench.figures import Models, bench_images
+from emovlm_kd.apps.bench.figures import Models, bench_jpegs
 
 preset, batch_size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 models = Models(preset, seed=0, device=device)
 pipeline, workers = models.pipeline, 2
-rng = np.random.default_rng(0)
 with tempfile.TemporaryDirectory() as folder:
-    paths = []
-    for index in range(count):
-        width, height = (int(side) for side in rng.integers(200, 1200, size=2))
-        path = Path(folder) / f"{index:03d}.jpg"
-        bench_images(1, index, size=max(width, height))[0].resize((width, height)).save(path, quality=90)
-        paths.append(path)
+    paths = bench_jpegs(folder, count, seed=0)
 
     def predicting(ahead: bool):
         def run(files):

@@ -67,6 +67,21 @@ def bench_images(count: int, seed: int, size: int = BENCH_IMAGE_SIZE) -> list[Im
     return images
 
 
+def bench_jpegs(folder, count: int, seed: int) -> list:
+    """`count` JPEGs of mixed sizes (each side 200 to 1199 px) written into `folder`, as
+    `predict` would read them from disk; their paths, in order."""
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        width, height = (int(side) for side in rng.integers(200, 1200, size=2))
+        path = Path(folder) / f"{index:03d}.jpg"
+        bench_images(1, seed + index, size=max(width, height))[0].resize((width, height)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
 class Models:
     """The preset's VLM with a (random) head, gate and teacher, as a run would hold them."""
 
@@ -227,19 +242,12 @@ def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dic
     """
     import os
     import tempfile
-    from pathlib import Path
 
     from emovlm_kd.run_folder import load_rgb
 
-    rng = np.random.default_rng(config.seed)
     workers = min(4, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for index in range(config.predict_images):
-            width, height = (int(side) for side in rng.integers(200, 1200, size=2))
-            path = Path(folder) / f"{index:03d}.jpg"
-            bench_images(1, config.seed + index, size=max(width, height))[0].resize((width, height)).save(path, quality=90)
-            paths.append(path)
+        paths = bench_jpegs(folder, config.predict_images, config.seed)
         decoded = dict(zip(paths, (load_rgb(path) for path in paths)))
 
         def end_to_end(files):
