@@ -45,6 +45,13 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     assert predict["ratio_per_repeat"] == [pytest.approx(result["predict_end_to_end_ratio"])]
     assert result["predict_end_to_end_ratio"] == pytest.approx(
         predict["model_images_per_second"] / predict["predict_images_per_second"])
+    # The paired inference figures keep every repeat's ratio (one here, so it is the figure),
+    # and each target says in how many repeats it was met.
+    assert set(result["per_repeat"]) == {"inference_speedup_batch1", "inference_speedup_batched", "floor_ratio",
+                                         "batch_scaling"} - ({"batch_scaling"} if result["best_batch_size"] == 2 else set())
+    for key, ratios in result["per_repeat"].items():
+        assert ratios == [pytest.approx(result[key])]
+        assert result["targets"][key]["repeats_met"] == int(result["targets"][key]["met"])
 
 
 def test_the_profile_splits_one_batch_and_names_its_attention_kernels(tiny_adapter):
@@ -167,6 +174,13 @@ def test_a_missed_speedup_is_told_apart_as_ours_or_the_machines():
     assert "inference_speedup_batched missed with ours at the floor (0.96 times one bare forward pass" in text
     assert "slower than it should be" not in text
 
+    # Two of three repeats fell short, one met it: the spread is shown, and what to do about noise.
+    slow_machine["per_repeat"] = {"inference_speedup_batched": [2.35, 2.61, 2.3]}
+    slow_machine["targets"]["inference_speedup_batched"]["repeats_met"] = 1
+    text = format_bench(slow_machine)
+    assert " 2.35  >= 2.5 (NOT met); median of 3 repeats, 2.30 to 2.61\n" in text
+    assert "inference_speedup_batched: 1 of 3 repeats met the target; a run with more --repeats" in text
+
     slow_ours = copy.deepcopy(slow_machine)
     slow_ours["floor_ratio"] = 1.31
     slow_ours["targets"]["floor_ratio"]["met"] = False
@@ -175,3 +189,12 @@ def test_a_missed_speedup_is_told_apart_as_ours_or_the_machines():
     assert ("inference_speedup_batch1 and inference_speedup_batched missed, and ours costs 1.31 times one bare "
             "forward pass: our path is slower than it should be; --profile shows where its time goes.") in text
     assert "at the floor" not in text
+
+
+def test_a_target_counts_the_repeats_that_met_it():
+    from emovlm_kd.apps.bench.figures import _target
+
+    result = {"floor_ratio": 1.08, "per_repeat": {"floor_ratio": [1.12, 1.08, 1.02, 1.10]}}
+    assert _target(result, "floor_ratio", "<=", 1.10) == {"target": "<= 1.1", "met": True, "repeats_met": 3}
+    # A figure not timed in repeats says nothing about them.
+    assert _target({"instruct_speedup": 1.7}, "instruct_speedup", ">=", 1.8) == {"target": ">= 1.8", "met": False}
