@@ -217,3 +217,15 @@ def test_a_target_counts_the_repeats_that_met_it():
     assert _target(result, "floor_ratio", "<=", 1.10) == {"target": "<= 1.1", "met": True, "repeats_met": 3}
     # A figure not timed in repeats says nothing about them.
     assert _target({"instruct_speedup": 1.7}, "instruct_speedup", ">=", 1.8) == {"target": ">= 1.8", "met": False}
+
+
+def test_the_batch_sweep_times_its_sizes_in_turn():
+    """Each size once to warm up, then round by round, every other round in reverse, so a
+    drift of the machine's speed reaches every size alike."""
+    from emovlm_kd.apps.bench.figures import _interleaved_medians
+
+    order = []
+    calls = {size: (lambda size=size: order.append(size)) for size in (1, 4, 8)}
+    medians = _interleaved_medians(calls, repeats=3)
+    assert order == [1, 4, 8, 1, 4, 8, 8, 4, 1, 1, 4, 8]
+    assert set(medians) == {1, 4, 8}

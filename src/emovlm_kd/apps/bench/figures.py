@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import platform
 import re
+import statistics
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from emovlm_kd import distributed
-from emovlm_kd.analysis.measure import deployment_memory, elapsed, median_time, memory_method, paired_ratio
+from emovlm_kd.analysis.measure import deployment_memory, elapsed, memory_method, paired_ratio
 from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.instruct import instruct_figures
 from emovlm_kd.models.parameters import count_parameters
@@ -165,8 +166,8 @@ class Models:
 def inference_figures(models: Models, images: list[Image.Image], config: BenchConfig) -> dict:
     """Per-image times of the reference and of ours at each batch size, and the ratios.
 
-    Each ratio comes from timings taken in pairs (see `paired_ratio`); the batch sweep
-    alone only picks our best batch size. `batch_scaling` is ours at the largest batch size
+    Each ratio comes from timings taken in pairs (see `paired_ratio`); the batch sweep, its
+    sizes timed in turn (`_interleaved_medians`), only picks our best batch size. `batch_scaling` is ours at the largest batch size
     over ours at the best one, per image: above 1, large batches cost each image more.
     """
 
@@ -179,10 +180,8 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
 
     ours = models.pipeline.predict_images
     count, repeats = len(images), config.repeats
-    per_image = {}
-    for batch_size in config.batch_sizes:
-        every_batch = _over(ours, _batches(images, batch_size))
-        per_image[f"ours_batch{batch_size}"] = median_time([every_batch] * repeats) / count
+    sweep = {size: _over(ours, _batches(images, size)) for size in config.batch_sizes}
+    per_image = {f"ours_batch{size}": seconds / count for size, seconds in _interleaved_medians(sweep, repeats).items()}
     best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
     per_repeat = {}  # each figure's ratio in every repeat: the spread its median comes from
     speedup1, per_image["reference_batch1"], per_image["ours_batch1"], per_repeat["inference_speedup_batch1"] = (
@@ -269,6 +268,19 @@ def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dic
                     "ratio_per_repeat": ratios},
         "predict_end_to_end_ratio": ratio,
     }
+
+
+def _interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Each call's median seconds over `repeats` rounds that take the calls in turn (in
+    reverse order every other round), after one warm-up each: a machine whose speed drifts
+    slows them alike, so the fastest is not merely the one timed in a quiet minute."""
+    for call in calls.values():
+        call()
+    seconds = {key: [] for key in calls}
+    for round_ in range(repeats):
+        for key in list(calls)[:: 1 if round_ % 2 == 0 else -1]:
+            seconds[key].append(elapsed(calls[key]))
+    return {key: statistics.median(times) for key, times in seconds.items()}
 
 
 def _batches(images: list, size: int) -> list[list]:
