@@ -8,9 +8,8 @@ import sys
 
 import torch
 
-from emovlm_kd.analysis.measure import paired_ratio
 from emovlm_kd.apps.bench.config import BenchConfig
-from emovlm_kd.apps.bench.figures import Models, _batches, _over, bench_images
+from emovlm_kd.apps.bench.figures import Models, batch_scaling_pairs, bench_images
 
 torch.set_num_threads(int(sys.argv[1]))
 config = BenchConfig()
@@ -19,7 +18,6 @@ images = bench_images(16, config.seed)
 ours = models.pipeline.predict_images
 print(f"last-level cache {models.pipeline.cpu_cache_bytes} bytes; chunk size at batch 16: "
       f"{models.pipeline.chunk_size(images)}, at batch 8: {models.pipeline.chunk_size(images[:8])}")
-ratio, whole, halves, repeats = paired_ratio(ours, lambda batch: _over(ours, _batches(batch, 8))(),
-                                             _batches(images, 16), int(sys.argv[2]), every_ratio=True)
+ratio, whole, halves, repeats = batch_scaling_pairs(ours, images, 16, 8, int(sys.argv[2]))
 print(f"{torch.get_num_threads()} threads: batch 16 over 2 x 8 per image {ratio:.3f} (median of {len(repeats)}: "
       + ", ".join(f"{r:.3f}" for r in repeats) + f"); {whole:.4f} and {halves:.4f} s per image")

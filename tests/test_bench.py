@@ -222,10 +222,10 @@ def test_a_target_counts_the_repeats_that_met_it():
 def test_the_batch_sweep_times_its_sizes_in_turn():
     """Each size once to warm up, then round by round, every other round in reverse, so a
     drift of the machine's speed reaches every size alike."""
-    from emovlm_kd.apps.bench.figures import _interleaved_medians
+    from emovlm_kd.analysis.measure import interleaved_medians
 
     order = []
     calls = {size: (lambda size=size: order.append(size)) for size in (1, 4, 8)}
-    medians = _interleaved_medians(calls, repeats=3)
+    medians = interleaved_medians(calls, repeats=3)
     assert order == [1, 4, 8, 1, 4, 8, 8, 4, 1, 1, 4, 8]
     assert set(medians) == {1, 4, 8}

@@ -53,6 +53,19 @@ def median_time(calls: Iterable[Callable[[], object]], warm_up: bool = True) -> 
     return statistics.median(elapsed(call) for call in calls)
 
 
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Each call's median seconds over `repeats` rounds that take the calls in turn (in
+    reverse order every other round), after one warm-up each: a machine whose speed drifts
+    slows them alike, so the fastest is not merely the one timed in a quiet minute."""
+    for call in calls.values():
+        call()
+    seconds = {key: [] for key in calls}
+    for round_ in range(repeats):
+        for key in list(calls)[:: 1 if round_ % 2 == 0 else -1]:
+            seconds[key].append(elapsed(calls[key]))
+    return {key: statistics.median(times) for key, times in seconds.items()}
+
+
 def paired_ratio(first, second, batches: list[list], repeats: int, every_ratio: bool = False) -> tuple:
     """The time of `first(batch)` over that of `second(batch)` for all batches, timed in pairs.
 

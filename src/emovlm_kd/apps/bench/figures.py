@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import platform
 import re
-import statistics
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 
 from emovlm_kd import distributed
-from emovlm_kd.analysis.measure import deployment_memory, elapsed, memory_method, paired_ratio
+from emovlm_kd.analysis.measure import deployment_memory, elapsed, interleaved_medians, memory_method, paired_ratio
 from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.instruct import instruct_figures
 from emovlm_kd.models.parameters import count_parameters
@@ -167,8 +166,9 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     """Per-image times of the reference and of ours at each batch size, and the ratios.
 
     Each ratio comes from timings taken in pairs (see `paired_ratio`); the batch sweep, its
-    sizes timed in turn (`_interleaved_medians`), only picks our best batch size. `batch_scaling` is ours at the largest batch size
-    over ours at the best one, per image: above 1, large batches cost each image more.
+    sizes timed in turn (`interleaved_medians`), only picks our best batch size.
+    `batch_scaling` is ours at the largest batch size over ours at the best one, per image
+    (`batch_scaling_pairs`): above 1, large batches cost each image more.
     """
 
     def reference(batch):
@@ -181,7 +181,7 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     ours = models.pipeline.predict_images
     count, repeats = len(images), config.repeats
     sweep = {size: _over(ours, _batches(images, size)) for size in config.batch_sizes}
-    per_image = {f"ours_batch{size}": seconds / count for size, seconds in _interleaved_medians(sweep, repeats).items()}
+    per_image = {f"ours_batch{size}": seconds / count for size, seconds in interleaved_medians(sweep, repeats).items()}
     best = min(config.batch_sizes, key=lambda b: per_image[f"ours_batch{b}"])
     per_repeat = {}  # each figure's ratio in every repeat: the spread its median comes from
     speedup1, per_image["reference_batch1"], per_image["ours_batch1"], per_repeat["inference_speedup_batch1"] = (
@@ -193,9 +193,7 @@ def inference_figures(models: Models, images: list[Image.Image], config: BenchCo
     largest = max(config.batch_sizes)
     scaling = 1.0
     if best != largest:  # the same images both ways: whole, and in batches of the best size
-        scaling, _, _, per_repeat["batch_scaling"] = paired_ratio(
-            ours, lambda batch: _over(ours, _batches(batch, best))(), _batches(images, largest), repeats,
-            every_ratio=True)
+        scaling, _, _, per_repeat["batch_scaling"] = batch_scaling_pairs(ours, images, largest, best, repeats)
     return {
         "per_repeat": per_repeat,
         "seconds_per_image": per_image,
@@ -270,17 +268,11 @@ def predict_figures(models: Models, config: BenchConfig, batch_size: int) -> dic
     }
 
 
-def _interleaved_medians(calls: dict, repeats: int) -> dict:
-    """Each call's median seconds over `repeats` rounds that take the calls in turn (in
-    reverse order every other round), after one warm-up each: a machine whose speed drifts
-    slows them alike, so the fastest is not merely the one timed in a quiet minute."""
-    for call in calls.values():
-        call()
-    seconds = {key: [] for key in calls}
-    for round_ in range(repeats):
-        for key in list(calls)[:: 1 if round_ % 2 == 0 else -1]:
-            seconds[key].append(elapsed(calls[key]))
-    return {key: statistics.median(times) for key, times in seconds.items()}
+def batch_scaling_pairs(predict, images: list, whole: int, split: int, repeats: int) -> tuple:
+    """`predict` on the images in batches of `whole` against the same images in batches of
+    `split`, timed in pairs: `paired_ratio`'s figures with every repeat's ratio."""
+    return paired_ratio(predict, lambda batch: _over(predict, _batches(batch, split))(), _batches(images, whole),
+                        repeats, every_ratio=True)
 
 
 def _batches(images: list, size: int) -> list[list]:
