@@ -56,3 +56,25 @@ def test_chunks_predict_what_the_whole_batch_predicts(pipeline, monkeypatch):
 
 def test_the_cache_size_is_read_from_the_system():
     assert last_level_cache_bytes() >= 2**20
+
+
+def test_sizing_the_chunks_encodes_each_image_size_once(pipeline, monkeypatch):
+    batch = images()
+    adapter = pipeline.adapter
+    tokens = adapter.encode([batch[0]], [pipeline.prompt])["input_ids"].shape[1]
+    width = adapter.model.config.get_text_config().intermediate_size
+    monkeypatch.setattr(pipeline, "cpu_cache_bytes", 2 * 3 * tokens * width * 4 + 1)
+    monkeypatch.setattr(pipeline, "_prompt_lengths", {})
+    encoded = []
+    encode = adapter.encode
+    monkeypatch.setattr(adapter, "encode", lambda images, prompts, *rest: encoded.append(len(images)) or encode(images, prompts, *rest))
+
+    pipeline.predict_images(batch)
+    assert encoded == [1, 1, 2, 2]  # the largest image's length, then the three chunks
+    assert pipeline._prompt_lengths == {batch[0].size: tokens}
+
+    # Another image of the largest size: its length is known, only the chunks are encoded.
+    encoded.clear()
+    same_size = [batch[1], batch[0].rotate(90)] + batch[2:]
+    pipeline.predict_images(same_size)
+    assert encoded == [1, 2, 2]

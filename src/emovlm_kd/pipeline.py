@@ -74,6 +74,9 @@ class EmoVLMKD:
         self.answers = [classification_answer(label) for label in taxonomy.labels]
         # What a batch on a CPU is sized against (see `chunk_size`); None takes every batch whole.
         self.cpu_cache_bytes: int | None = last_level_cache_bytes()
+        # The classification prompt's length for each image size seen (`chunk_size`): the
+        # visual tokens depend on the pixels' size alone, so one encoding per size is enough.
+        self._prompt_lengths: dict[tuple[int, int], int] = {}
         # Whether `predict_batches` preprocesses the next batch while the model runs this one
         # (see `predict_batches`): on an accelerator, where the host's cores are otherwise idle.
         self.prepare_ahead = adapter.device.type != "cpu"
@@ -124,17 +127,26 @@ class EmoVLMKD:
         profiler puts `mul`, `silu` and `sigmoid` per image at several times their batch-1
         cost at batch 16, while the matrix products and attention stay flat. The MLP's gate,
         up and product, three [images x T, intermediate] tensors, are the widest ones alive
-        together. Sizing the chunks costs one more image processed per call.
+        together. Sizing the chunks encodes one image of each size once more.
         """
         if self.adapter.device.type != "cpu" or self.cpu_cache_bytes is None or len(images) < 2:
             return max(1, len(images))
         # T: the longest prompt, that of the largest image (visual tokens grow with the pixels);
         # the few answer tokens packed after it are left out.
         largest = max(images, key=lambda image: image.width * image.height)
-        tokens = self.adapter.encode([largest], [self.prompt])["input_ids"].shape[1]
+        tokens = self._prompt_length(largest)
         text = self.adapter.model.config.get_text_config()
         per_image = 3 * tokens * text.intermediate_size * self.adapter.model.dtype.itemsize
         return max(1, min(len(images), self.cpu_cache_bytes // per_image))
+
+    def _prompt_length(self, image: Image.Image) -> int:
+        """Tokens of the classification prompt with an image of this one's size."""
+        size = image.size
+        if size not in self._prompt_lengths:
+            if len(self._prompt_lengths) >= 4096:  # a folder of photos of a thousand sizes
+                self._prompt_lengths.clear()
+            self._prompt_lengths[size] = self.adapter.encode([image], [self.prompt])["input_ids"].shape[1]
+        return self._prompt_lengths[size]
 
     @torch.no_grad()
     def _predict_chunk(self, images: list[Image.Image], inputs: dict, explain: bool) -> list[Prediction]:
