@@ -207,3 +207,14 @@ def test_qwen_patch_embedding_is_one_matrix_product(family, tiny_adapter, monkey
 
         monkeypatch.setattr(torch.nn.functional, "conv3d", no_convolution)
         assert torch.allclose(convolution(patches), expected, atol=1e-5)
+
+
+def test_the_prompt_length_depends_on_the_image_size_alone(adapter):
+    # `EmoVLMKD.chunk_size` remembers the length per image size; each family's image
+    # processor must give two images of one size, whatever their pixels, the same tokens.
+    prompt = classification_prompt(EMOTION6)
+    for size in ((224, 224), (160, 96), (64, 300)):
+        plain = Image.new("RGB", size, (200, 40, 40))
+        textured = Image.effect_noise(size, 60).convert("RGB")
+        lengths = [adapter.encode([image], [prompt])["input_ids"].shape[1] for image in (plain, textured)]
+        assert lengths[0] == lengths[1], (adapter.family, size)
