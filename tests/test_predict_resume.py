@@ -168,3 +168,27 @@ def test_a_killed_launch_resumes_and_merges_in_order(trained, sample_root, tmp_p
         assert resumed["label"] == single["label"]
         assert all(abs(resumed[part][label] - single[part][label]) < 1e-4
                    for part in ("probs", "vlm", "head") for label in single[part])
+
+
+def test_the_out_files_name_gives_its_format_unless_format_is_given(trained, sample_root, tmp_path, capsys):
+    paths = list(map(str, sample_images(sample_root, 2)))
+    argv = ["predict", "--run", str(trained[0]), "--workers", "0", *paths]
+
+    assert main([*argv, "--out", str(tmp_path / "preds.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert [row["image"] for row in rows] == paths and all(row["label"] in row["probs"] for row in rows)
+
+    assert main([*argv, "--out", str(tmp_path / "preds.CSV")]) == 0
+    lines = (tmp_path / "preds.CSV").read_text().splitlines()
+    assert lines[0].startswith("image,label,error,explanation,probs_") and len(lines) == 3
+
+    assert main([*argv, "--out", str(tmp_path / "preds.txt")]) == 0
+    table = [line.split("\t") for line in (tmp_path / "preds.txt").read_text().splitlines()]
+    assert [fields[0] for fields in table] == paths and {len(fields) for fields in table} == {3}
+
+    # An explicit --format wins over the name; standard output stays a table.
+    assert main([*argv, "--format", "csv", "--out", str(tmp_path / "forced.jsonl")]) == 0
+    assert (tmp_path / "forced.jsonl").read_text().startswith("image,label,error")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == paths

@@ -29,7 +29,9 @@ def register(subparsers, help_text: str) -> None:
     # --run-dir is the same option for torchrun, whose own --run-path swallows "--run".
     parser.add_argument("--run", "--run-dir", dest="run", required=True, help="a trained run folder")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "csv"),
+                        help="table (tab-separated: image, label, probability), json (one object per line) or "
+                        "csv; default: what --out's name ends in (.jsonl, .json, .csv), else table")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads decoding images ahead of the model (0: none ahead)")
@@ -86,6 +88,7 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.errors import UserError
     from emovlm_kd.pipeline import EmoVLMKD, expand_paths
 
+    args.format = args.format or format_of(args.out)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1.", exit_code=2)
     if args.workers < 0:
@@ -121,6 +124,12 @@ def execute(args: argparse.Namespace) -> int:
     state_file(out).unlink(missing_ok=True)  # finished: the same command reruns from scratch
     print(f"{len(paths)} predictions written to {out}", file=sys.stderr)
     return report(failed, len(paths))
+
+
+def format_of(out: str | None) -> str:
+    """The format a file's name asks for: JSON lines for .jsonl/.ndjson/.json, CSV for .csv, else the table."""
+    suffix = Path(out).suffix.lower() if out else ""
+    return {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv"}.get(suffix, "table")
 
 
 def predict_into(model, paths: list[Path], args: argparse.Namespace, writer: RowWriter, skip: int = 0) -> int:
