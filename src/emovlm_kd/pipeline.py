@@ -143,7 +143,7 @@ class EmoVLMKD:
         """Tokens of the classification prompt with an image of this one's size."""
         size = image.size
         if size not in self._prompt_lengths:
-            if len(self._prompt_lengths) >= 4096:  # a folder of photos of a thousand sizes
+            if len(self._prompt_lengths) >= 4096:  # bounded: a folder of photos may hold thousands of sizes
                 self._prompt_lengths.clear()
             self._prompt_lengths[size] = self.adapter.encode([image], [self.prompt])["input_ids"].shape[1]
         return self._prompt_lengths[size]
