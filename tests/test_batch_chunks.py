@@ -25,18 +25,24 @@ def images() -> list[Image.Image]:
     return [Image.linear_gradient("L").convert("RGB").resize(size).rotate(30 * i) for i, size in enumerate(sizes)]
 
 
+def cache_for_two(pipeline, largest: Image.Image, monkeypatch) -> int:
+    """Give the pipeline a cache that holds the MLP activations of two images of the largest
+    one's length (in tokens, which it returns): chunks of 2."""
+    tokens = pipeline.adapter.encode([largest], [pipeline.prompt])["input_ids"].shape[1]
+    width = pipeline.adapter.model.config.get_text_config().intermediate_size
+    monkeypatch.setattr(pipeline, "cpu_cache_bytes", 2 * 3 * tokens * width * 4 + 1)
+    return tokens
+
+
 def test_chunks_predict_what_the_whole_batch_predicts(pipeline, monkeypatch):
     batch = images()
     monkeypatch.setattr(pipeline, "cpu_cache_bytes", None)
     assert pipeline.chunk_size(batch) == len(batch)
     whole = pipeline.predict_images(batch)
 
-    # A cache that holds the MLP activations of two images of the largest one's length.
-    adapter = pipeline.adapter
-    tokens = adapter.encode([batch[0]], [pipeline.prompt])["input_ids"].shape[1]
-    width = adapter.model.config.get_text_config().intermediate_size
-    monkeypatch.setattr(pipeline, "cpu_cache_bytes", 2 * 3 * tokens * width * 4 + 1)
+    cache_for_two(pipeline, batch[0], monkeypatch)
     assert pipeline.chunk_size(batch) == 2
+    adapter = pipeline.adapter
     language_model = getattr(adapter.model.model, adapter.language_model_name)
     calls = []
     # The passes with images (a chunk's shared opening runs alone before, on its token ids).
@@ -61,9 +67,7 @@ def test_the_cache_size_is_read_from_the_system():
 def test_sizing_the_chunks_encodes_each_image_size_once(pipeline, monkeypatch):
     batch = images()
     adapter = pipeline.adapter
-    tokens = adapter.encode([batch[0]], [pipeline.prompt])["input_ids"].shape[1]
-    width = adapter.model.config.get_text_config().intermediate_size
-    monkeypatch.setattr(pipeline, "cpu_cache_bytes", 2 * 3 * tokens * width * 4 + 1)
+    tokens = cache_for_two(pipeline, batch[0], monkeypatch)
     monkeypatch.setattr(pipeline, "_prompt_lengths", {})
     encoded = []
     encode = adapter.encode
