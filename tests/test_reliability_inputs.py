@@ -486,3 +486,93 @@ def test_serve_and_annotate_flags_refuse_unknown_names_and_wrong_types(capsys, t
             flag = "--" + setting.replace("_", "-")
             assert flag in cli_refusal(capsys, [*base, flag, "lots"]), flag
     assert dataclasses.fields(owner)
+
+
+# ---- outputs that cannot be written -------------------------------------------------------
+
+# Each command that writes: its command line, the flag naming its output (None: positional),
+# whether that output is a folder, and the work that must not start when it cannot be written.
+WRITERS = {
+    "bench": (["bench"], "--out", False, "emovlm_kd.apps.bench.figures.run_bench"),
+    "predict": (["predict", "--run", "{run}", "{images}"], "--out", False,
+                "emovlm_kd.pipeline.EmoVLMKD.from_pretrained"),
+    "evaluate": (["evaluate", "--run", "{run}", "--no-report"], "--out", True,
+                 "emovlm_kd.analysis.evaluation.score_run"),
+    "ablate": (["ablate", "--run", "{run}"], "--out", True, "emovlm_kd.analysis.ablation.ablate"),
+    "export": (["export", "--run", "{run}"], "--out", True, "emovlm_kd.apps.export.export_run"),
+    "train": (["train", "--config", "{config}"], "--out", True, "emovlm_kd.stages.runner.train"),
+    "demo": (["demo"], "--out", True, "emovlm_kd.data.sample.build_sample_dataset"),
+    "demo --data": (["demo", "--out", "{tmp}/demo"], "--data", True, "emovlm_kd.data.sample.build_sample_dataset"),
+    "data sample": (["data", "sample"], None, True, "emovlm_kd.data.sample.build_sample_dataset"),
+    "annotate": (["annotate", "--data", "{images}", "--model", "m"], "--out", False,
+                 "emovlm_kd.annotate.runner.make_backend"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(command, trained, sample_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    argv, flag, folder, work = WRITERS[command]
+
+    def started(*args, **kwargs):
+        raise AssertionError(f"{command} started its work although its output cannot be written")
+
+    monkeypatch.setattr(work, started)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    config = Path(__file__).parents[1] / "src" / "emovlm_kd" / "configs" / "demo.yaml"
+    fill = {"run": trained[0], "images": sample_root / "test", "config": config, "tmp": tmp_path}
+    argv = [part.format(**fill) for part in argv]
+
+    def refusal(output: Path) -> str:
+        tally["inputs"] += 1
+        assert main([*argv, *([flag] if flag else []), str(output)]) == 2
+        tally["rejected"] += 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(output) in lines[0], lines
+        return lines[0]
+
+    # A file where a folder would have to be made on the way.
+    assert f"{blocker} is a file, not a folder; choose another path." in refusal(blocker / "in" / "out.json")
+    # A file where a folder is wanted, or a folder where a file is.
+    if folder:
+        assert "is a file; give the path of a folder to write." in refusal(blocker)
+    else:
+        assert "is a folder; give the path of a file to write." in refusal(tmp_path)
+    assert blocker.read_text() == "in the way"
+
+
+def test_an_output_without_write_permission_is_named(tmp_path, monkeypatch):
+    from emovlm_kd.io import check_writable
+
+    check_writable(tmp_path / "new" / "deeper" / "out.json", folder=False)  # it may be made: no error
+    check_writable(tmp_path, folder=True)
+    assert not (tmp_path / "new").exists()  # checking makes nothing
+    # The tests may run as root, for whom every folder is writable: what access() says counts.
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(UserError, match=f"no write permission on {tmp_path}; choose a path you can write"):
+        check_writable(tmp_path / "new" / "out.json", folder=False)
+
+
+def test_a_write_that_fails_mid_run_is_one_sentence_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from emovlm_kd.io import atomic_path, atomic_write_text
+
+    out = tmp_path / "out"
+
+    def the_disk_fills_up(folder, seed=0):
+        atomic_write_text(out / "finished.txt", "finished\n")
+        with atomic_path(out / "next.txt") as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    monkeypatch.setattr("emovlm_kd.data.sample.build_sample_dataset", the_disk_fills_up)
+    assert main(["data", "sample", str(out)]) == 1
+    # Named as the user knows it (not the temporary file), with what to do.
+    assert capsys.readouterr().err.strip().splitlines() == [(
+        f"error: No space left on device: {out / 'next.txt'}; what was finished is kept: fix that, then rerun the "
+        "same command (training, predict --out and annotate resume; -v shows where it happened).")]
+    assert sorted(path.name for path in out.iterdir()) == ["finished.txt"]  # no half file, no temporary
+    with pytest.raises(OSError, match="No space left"):  # -v: the traceback, for a bug report
+        main(["-v", "data", "sample", str(out)])

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written artifact behind."""
+"""Atomic file writes (a crash never leaves a half-written artifact behind), and the check that
+an output can be written at all, made before a command starts its work."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import shutil
 import time
 from pathlib import Path
+
+from emovlm_kd.errors import UserError
 
 # What an interrupted atomic write leaves behind: `.<name>.tmp<pid>` or `.<name>.old<pid>`.
 _TEMPORARY = re.compile(r"^\..+\.(tmp|old)(\d+)$")
@@ -23,6 +26,10 @@ def atomic_path(target: str | Path):
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as error:
+        if error.filename != str(tmp):
+            raise
+        raise OSError(error.errno, error.strerror, str(target)) from error  # named as the caller knows it
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -83,6 +90,23 @@ def _process_alive(pid: int) -> bool:
     except OSError:
         return True  # it exists but belongs to someone else
     return True
+
+
+def check_writable(path: str | Path, *, folder: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an output that could not be written: a file where a folder is
+    wanted (or a folder where a file is), a file on its way, or a folder without write
+    permission. A command that learns this only when it writes has already spent its work."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file")
+        raise UserError(f"{flag} {path} is {kind}; give the path of {wanted} to write.", exit_code=2)
+    existing = next(ancestor for ancestor in (path, *path.absolute().parents) if ancestor.exists())
+    if existing != path and not existing.is_dir():
+        raise UserError(f"{flag} {path} cannot be created: {existing} is a file, not a folder; choose another path.",
+                        exit_code=2)
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        raise UserError(f"{flag} {path} cannot be written: you have no write permission on {existing}; choose a "
+                        f"path you can write.", exit_code=2)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

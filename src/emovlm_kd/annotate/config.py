@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from emovlm_kd.config import setting
 from emovlm_kd.errors import UserError
+from emovlm_kd.io import check_writable
 
 BACKENDS = ("openai", "local")
 
@@ -66,6 +67,7 @@ class AnnotateConfig:
         for name in ("data", "out", "model"):
             if not getattr(self, name):
                 raise UserError(f"annotate needs --{name}; see `emovlm-kd annotate --help`.", exit_code=2)
+        check_writable(self.out, folder=False)
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}.", exit_code=2)
         if self.backend == "openai" and not self.base_url:

@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        # A file the command could not read or write (a full disk, a path made unusable while
+        # it ran): one sentence, not a traceback. Anything else, or with -v, is shown whole.
+        if error.filename is None or args.verbose:
+            raise
+        print(f"error: {error.strerror or error}: {error.filename}; what was finished is kept: fix that, then rerun "
+              "the same command (training, predict --out and annotate resume; -v shows where it happened).",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
         return 130

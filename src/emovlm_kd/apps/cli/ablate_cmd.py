@@ -60,16 +60,17 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.report import plots
     from emovlm_kd.apps.report.document import Figure, Text, to_markdown, to_text
     from emovlm_kd.apps.report.tables import ablation_table
-    from emovlm_kd.io import atomic_path, atomic_write_text, write_json
+    from emovlm_kd.io import atomic_path, atomic_write_text, check_writable, write_json
     from emovlm_kd.run_folder import RunFolder
 
     plots.require_matplotlib()
     trained = RunFolder.open(args.run)
+    out = Path(args.out) if args.out else trained.directory / "ablations"
+    check_writable(out, folder=True)
     given = {axis: parse_values(axis, getattr(args, axis)) for axis in AXES if getattr(args, axis)}
     values = given or DEFAULT_VALUES
     base = run_settings(trained)
     rows = ablate(trained, plan(base, values, grid=args.grid))
-    out = Path(args.out) if args.out else trained.directory / "ablations"
 
     swept = ["grid"] if args.grid else [axis for axis in AXES if axis in values]
     table = ablation_table(rows)

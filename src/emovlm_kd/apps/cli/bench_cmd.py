@@ -21,10 +21,11 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.cli.serve_cmd import require_serving_packages
     from emovlm_kd.apps.report.tables import format_bench, format_profile
     from emovlm_kd.errors import UserError
-    from emovlm_kd.io import atomic_write_text
+    from emovlm_kd.io import atomic_write_text, check_writable
     from emovlm_kd.models.registry import get_preset
 
     get_preset(args.preset)  # an unknown name fails here, in one sentence
+    check_writable(args.out, folder=False)  # before minutes of timing, not after
     if args.device != "auto":
         import torch
 

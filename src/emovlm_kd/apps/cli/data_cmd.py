@@ -58,7 +58,9 @@ def _check(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     # Lazy: building the sample needs the offline extras, which `data check` does not.
     from emovlm_kd.data.sample import build_sample_dataset
+    from emovlm_kd.io import check_writable
 
+    check_writable(args.out, folder=True, flag="OUT")
     summary = build_sample_dataset(args.out, seed=args.seed)
     # Counts per split may be totals or {label: count}.
     totals = {

@@ -21,11 +21,14 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config
     from emovlm_kd.data.sample import build_sample_dataset
+    from emovlm_kd.io import check_writable
     from emovlm_kd.stages.runner import train
 
     started = time.perf_counter()
     out = Path(args.out)
     data = Path(args.data) if args.data else out.parent / "sample"
+    check_writable(out, folder=True)
+    check_writable(data, folder=True, flag="--data")
     summary = build_sample_dataset(data)
     print(f"sample dataset: {summary['images']} images in {data}")
     config_file = resources.files("emovlm_kd") / "configs" / "demo.yaml"

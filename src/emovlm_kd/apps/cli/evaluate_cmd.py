@@ -51,7 +51,7 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.report.plots import require_matplotlib
     from emovlm_kd.apps.report.tables import format_complementarity, format_efficiency, format_table
     from emovlm_kd.errors import UserError
-    from emovlm_kd.io import atomic_write_text, write_json
+    from emovlm_kd.io import atomic_write_text, check_writable, write_json
     from emovlm_kd.run_folder import RunFolder
     from emovlm_kd.stages.registry import STAGE_NAMES
 
@@ -65,6 +65,7 @@ def execute(args: argparse.Namespace) -> int:
     trained.require(*STAGE_NAMES)
     evaluated = with_data(trained, args.data, args.dataset) if args.data else trained
     out = output_folder(args)
+    check_writable(out, folder=True)
 
     scores = score_run(evaluated, args.split)
     metrics = summarize(scores, evaluated, own_data=not args.data)

@@ -19,7 +19,9 @@ def register(subparsers, help_text: str) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.apps.export import check_hub_id, export_run, push_to_hub
+    from emovlm_kd.io import check_writable
 
+    check_writable(args.out, folder=True)
     if args.push_to_hub:
         check_hub_id(args.push_to_hub)
     out = export_run(args.run, args.out, merge=args.merge, base_model=args.base_model, license=args.license,

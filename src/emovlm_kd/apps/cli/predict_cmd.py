@@ -86,6 +86,7 @@ class RowWriter:
 def execute(args: argparse.Namespace) -> int:
     from emovlm_kd import distributed
     from emovlm_kd.errors import UserError
+    from emovlm_kd.io import check_writable
     from emovlm_kd.pipeline import EmoVLMKD, expand_paths
 
     args.format = args.format or format_of(args.out)
@@ -103,8 +104,7 @@ def execute(args: argparse.Namespace) -> int:
         failed = predict_into(model, paths, args, RowWriter(sys.stdout, args.format, model.taxonomy.labels))
         return report(failed, len(paths))
     out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the path of a file to write.", exit_code=2)
+    check_writable(out, folder=False)
     # Each process writes its share; alone, it writes FILE itself in the asked format.
     target, fmt = (part_file(out, distributed.rank()), "json") if distributed.launched() else (out, args.format)
     done = resume(out, target, fmt, command_state(args, paths), args.overwrite)

@@ -21,9 +21,11 @@ def execute(args: argparse.Namespace) -> int:
     from emovlm_kd.analysis.evaluation import evaluate_finished_run
     from emovlm_kd.apps.report.tables import format_table
     from emovlm_kd.config import load_config
+    from emovlm_kd.io import check_writable
     from emovlm_kd.stages.runner import train
 
     config = load_config(args.config, args.overrides)
+    check_writable(args.out, folder=True)
     metrics = evaluate_finished_run(train(config, args.out, tuple(args.stage or STAGE_NAMES), force=args.force))
     if metrics:
         print(format_table(metrics))
