@@ -75,6 +75,7 @@ def test_a_model_id_or_folder_finds_its_family(tmp_path):
 
 def test_preset_sizes_are_counted_without_weights(tiny_adapter, monkeypatch, capsys):
     from emovlm_kd.apps.cli import main
+    from emovlm_kd.data.datasets import DATASET_PRESETS
     from emovlm_kd.models import registry
 
     assert vlm_parameters(get_preset("tiny")) == sum(p.numel() for p in tiny_adapter.model.parameters())
@@ -87,6 +88,14 @@ def test_preset_sizes_are_counted_without_weights(tiny_adapter, monkeypatch, cap
     assert rows["tiny-llava"][1:4] == ["llava", "9.91M", "no"]
     assert rows["llava-1.5-7b"][1:4] == ["llava", "7.06B", "yes"]
     assert rows["llava-onevision-0.5b"][1:4] == ["llava_onevision", "unknown", "yes"]
+    # The pattern picks dataset presets too; one that matches nothing says so.
+    assert main(["presets", "emo*"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["dataset presets:"] + [
+        f"  {name:<12} {DATASET_PRESETS[name].taxonomy:<11} {DATASET_PRESETS[name].description}"
+        for name in ("emoset", "emotion6")]
+    assert main(["presets", "zzz"]) == 1
+    assert capsys.readouterr().err == ("error: no model or dataset preset matches 'zzz'; run `emovlm-kd presets` "
+                                       "for them all.\n")
 
 
 def test_tiny_preset_builds_offline_in_seconds_and_is_seeded():

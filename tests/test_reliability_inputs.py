@@ -576,3 +576,18 @@ def test_a_write_that_fails_mid_run_is_one_sentence_and_keeps_what_was_written(t
     assert sorted(path.name for path in out.iterdir()) == ["finished.txt"]  # no half file, no temporary
     with pytest.raises(OSError, match="No space left"):  # -v: the traceback, for a bug report
         main(["-v", "data", "sample", str(out)])
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    # `emovlm-kd presets | head -1`: the pipe closes after one line, while lines remain to print
+    # (each written as printed; counting the model sizes between them takes seconds).
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = subprocess.Popen([sys.executable, "-m", "emovlm_kd", "presets"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=environment)
+    assert command.stdout.readline() == b"model presets:\n"
+    command.stdout.close()
+    assert command.wait(timeout=120) == 1
+    assert command.stderr.read() == b""  # no traceback, no "Exception ignored" from the final flush

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (`emovlm-kd predict ... | head`): stop quietly, as Python's
+        # documentation advises, without a second error when the interpreter flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as error:
         # A file the command could not read or write (a full disk, a path made unusable while
         # it ran): one sentence, not a traceback. Anything else, or with -v, is shown whole.
