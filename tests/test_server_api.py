@@ -475,15 +475,43 @@ def test_serve_command_errors_are_one_sentence(capsys, tmp_path, monkeypatch):
     assert "pip install 'emovlm-kd[serve]'" in capsys.readouterr().err
 
 
+def test_a_taken_port_or_a_wrong_host_is_said_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from emovlm_kd.pipeline import EmoVLMKD
+
+    def loads(*args, **kwargs):
+        raise AssertionError("the model loaded although the server cannot listen")
+
+    monkeypatch.setattr(EmoVLMKD, "from_pretrained", loads)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(tmp_path), "--port", str(port)]) == 1
+    assert capsys.readouterr().err == (f"error: port {port} is in use by another program; stop it, or choose another "
+                                       "--port (0: any free one).\n")
+    # 192.0.2.1 is kept for documentation: no machine has it.
+    assert main(["serve", "--run", str(tmp_path), "--host", "192.0.2.1"]) == 1
+    assert capsys.readouterr().err == ("error: --host 192.0.2.1 is not an address of this machine; use 127.0.0.1, "
+                                       "or 0.0.0.0 to listen on every interface.\n")
+    assert main(["serve", "--run", str(tmp_path), "--host", "no-such-host.invalid"]) == 2
+    assert capsys.readouterr().err.startswith("error: --host no-such-host.invalid is not an address this machine "
+                                              "knows (")
+
+
 def test_serve_command_builds_the_app_from_its_flags(trained, monkeypatch, capsys):
     import uvicorn
 
     started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets: started.update(
+        app=server.config.app, addresses=[listener.getsockname() for listener in sockets]))
     run_dir = trained[0]
-    assert main(["serve", "--run", str(run_dir), "--port", "8123", "--queue-size", "5", "--allow-url-images"]) == 0
-    assert started["host"] == "127.0.0.1" and started["port"] == 8123
-    assert "on http://127.0.0.1:8123/ " in capsys.readouterr().out
+    assert main(["serve", "--run", str(run_dir), "--port", "0", "--queue-size", "5", "--allow-url-images"]) == 0
+    [(host, port)] = started["addresses"]
+    # --port 0: a free port, and the printed address is the one it got.
+    assert host == "127.0.0.1" and port > 0
+    assert f"on http://127.0.0.1:{port}/ " in capsys.readouterr().out
     with TestClient(started["app"]) as client:
         assert client.get("/v1/models").json()["data"][0]["id"] == run_dir.name
         assert client.get("/metrics.json").json()["queue_size"] == 5

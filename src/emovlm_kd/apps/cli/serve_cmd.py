@@ -39,14 +39,18 @@ def execute(args: argparse.Namespace) -> int:
     require_serving_packages()
     import uvicorn
 
-    from emovlm_kd.apps.server.app import create_app
+    from emovlm_kd.apps.server.app import create_app, listening_socket
     from emovlm_kd.pipeline import EmoVLMKD
 
     config = config_from_flags(ServerConfig, args)
     if config.model_name is None:
         config.model_name = Path(args.run).resolve().name
-    model = EmoVLMKD.from_pretrained(args.run, dtype=inference_dtype(args.dtype))
-    app = create_app(model, config)
-    print(f"serving {args.run} as {config.model_name!r} on http://{config.host}:{config.port}/ (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info" if args.verbose else "warning")
+    # Bound first: a taken port or a wrong host is said at once, not after the model loads.
+    with listening_socket(config.host, config.port) as listener:
+        model = EmoVLMKD.from_pretrained(args.run, dtype=inference_dtype(args.dtype))
+        app = create_app(model, config)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"serving {args.run} as {config.model_name!r} on http://{host}:{listener.getsockname()[1]}/ "
+              "(Ctrl+C stops)", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="info" if args.verbose else "warning")).run(sockets=[listener])
     return 0

@@ -37,6 +37,7 @@ from emovlm_kd.apps.server.payloads import (
     read_json_object,
 )
 from emovlm_kd.apps.server.security import LimitBody, check_bearer, read_api_key
+from emovlm_kd.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,41 @@ def create_app(model, config: ServerConfig) -> FastAPI:
     return app
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (0: a free port), for uvicorn to serve on. Bound before
+    the model loads, so that a taken port or a wrong address is said in one sentence at once."""
+    import errno
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise UserError(f"--host {host} is not an address this machine knows ({error.strerror}); use 127.0.0.1, or "
+                        "0.0.0.0 to listen on every interface.", exit_code=2) from None
+    listener = socket.socket(family, kind, protocol)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        reasons = {
+            errno.EADDRINUSE: f"port {port} is in use by another program; stop it, or choose another --port "
+                              "(0: any free one).",
+            errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 to "
+                                 "listen on every interface.",
+            errno.EACCES: f"port {port} needs administrator rights; choose a --port above 1023.",
+        }
+        raise UserError(reasons.get(error.errno, f"cannot listen on {host} port {port} ({error.strerror}); choose "
+                                                 "another --host or --port."), exit_code=1) from None
+    return listener
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: FastAPI, start_timeout_s: float = 30.0):
     """Serve `app` with uvicorn on a free port of 127.0.0.1 in a thread; yields the base URL."""
     import uvicorn
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    listener = listening_socket("127.0.0.1", 0)
     port = listener.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
