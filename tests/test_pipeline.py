@@ -366,3 +366,26 @@ def test_a_head_of_another_width_than_the_vlm_pools_is_refused_in_one_sentence(t
 
     with pytest.raises(UserError, match=r"reads \d+-wide visual features, .* --stage distill --force`\.$"):
         gate_inputs(RunFolder.open(copy), ("test",))
+
+
+def test_a_run_folder_keeps_its_config_once_a_stage_has_run(small_manifest, tmp_path, capsys):
+    from emovlm_kd.run_folder import RunFolder
+
+    config = fast_config(small_manifest, tmp_path / "cache")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.to_yaml())
+    out = tmp_path / "run"
+    # A first command that stops before any stage (a wrong data root) leaves its config behind...
+    assert main(["train", "--config", str(config_file), "--out", str(out), f"data.root={tmp_path / 'typo'}"]) == 1
+    assert "typo does not exist" in capsys.readouterr().err
+    assert load_config(out / "config.yaml").data.root == str(tmp_path / "typo")
+    # ... which does not lock the folder: nothing was trained with it, so the corrected command starts.
+    run = RunFolder.create(config, out)
+    assert load_config(out / "config.yaml").to_dict() == config.to_dict() == run.config.to_dict()
+    # Once a stage has begun, a changed config is refused, naming what changed.
+    (out / "teacher").mkdir()
+    changed = fast_config(small_manifest, tmp_path / "cache", "seed=7", "distill.depth=2")
+    with pytest.raises(UserError, match=r"was trained with a different config \((distill.depth, seed|seed, "
+                                        r"distill.depth) changed\); use a new --out folder, or pass --force"):
+        RunFolder.create(changed, out)
+    assert load_config(out / "config.yaml").to_dict() == config.to_dict()

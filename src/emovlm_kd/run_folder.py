@@ -55,10 +55,15 @@ class RunFolder:
             previous = load_config(saved)
             if previous.to_dict() != config.to_dict():
                 changed = _changed_keys(previous.to_dict(), config.to_dict())
-                raise UserError(
-                    f"{directory} was trained with a different config ({', '.join(changed)} changed); "
-                    "use a new --out folder, or pass --force to retrain it with the new settings."
-                )
+                if _holds_stage_work(directory):
+                    raise UserError(
+                        f"{directory} was trained with a different config ({', '.join(changed)} changed); "
+                        "use a new --out folder, or pass --force to retrain it with the new settings."
+                    )
+                # A command that stopped before any stage (a wrong data path, say): nothing was
+                # trained with the old config, so the corrected command simply starts the run.
+                log.info("%s: no stage ran with its earlier config (%s differed); it takes this one", directory,
+                         ", ".join(changed))
         distributed.barrier()  # every rank has compared before rank 0 writes
         if distributed.is_main():
             directory.mkdir(parents=True, exist_ok=True)
@@ -245,6 +250,12 @@ def _safetensors_complete(path: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
         return False
     return 8 + header_size + max(ends, default=0) == size
+
+
+def _holds_stage_work(directory: Path) -> bool:
+    """Whether a stage has started in the run folder: a folder beside the files that `train`
+    writes before any stage (config.yaml, labels.json, logs/)."""
+    return any(path.is_dir() and path.name != "logs" for path in directory.iterdir())
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
