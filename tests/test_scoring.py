@@ -1,6 +1,8 @@
 """Exact VLM class probabilities: full answers scored from one encoding per image, for the
 tiny model of every VLM family."""
 
+import functools
+
 import pytest
 import torch
 from PIL import Image
@@ -207,6 +209,39 @@ def test_qwen_patch_embedding_is_one_matrix_product(family, tiny_adapter, monkey
 
         monkeypatch.setattr(torch.nn.functional, "conv3d", no_convolution)
         assert torch.allclose(convolution(patches), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vision_attention_takes_images_of_one_size_in_one_call(family, tiny_adapter, monkeypatch):
+    adapter = tiny_adapter if family == tiny_adapter.family else load_vlm(offline_preset_for(family), seed=0)
+    blocks = adapter.model.model.visual.blocks
+    calls = []  # the batch size of each attention call
+    attention = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(query, *args, **kwargs):
+        calls.append(query.shape[0])
+        return attention(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    one_size = [Image.effect_noise((112, 112), 20 + 20 * index).convert("RGB") for index in range(3)]
+    two_sizes = [*one_size[:2], Image.effect_noise((160, 96), 50).convert("RGB")]
+
+    def tokens(images):
+        calls.clear()
+        with torch.no_grad():
+            return torch.cat(adapter.visual_tokens(adapter.encode_images(images)).per_image), list(calls)
+
+    ours, ours_calls = tokens(one_size)
+    mixed, mixed_calls = tokens(two_sizes)
+    for block in blocks:  # transformers' own forward: one call per image (per window in 2.5)
+        monkeypatch.setattr(block.attn, "forward", functools.partial(type(block.attn).forward, block.attn))
+    theirs, theirs_calls = tokens(one_size)
+    mixed_theirs, _ = tokens(two_sizes)
+    assert len(ours_calls) == len(blocks) < len(theirs_calls)
+    assert sum(ours_calls) == sum(theirs_calls)  # the same images (or windows), all at once
+    assert len(mixed_calls) > len(blocks)  # several lengths: transformers' way
+    for got, expected in ((ours, theirs), (mixed, mixed_theirs)):
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-6), family
 
 
 def test_the_prompt_length_depends_on_the_image_size_alone(adapter):
