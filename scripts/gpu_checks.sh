@@ -21,8 +21,11 @@
 # scripts/time_predict_ahead.py on PRESET at batch 32, 128 JPEGs: predict with each batch
 # preprocessed while the model runs the one before, against inline: 12 passes over the 128
 # images and building the model, not yet timed at 7B; 34 s on `tiny` on 2 CPU cores;
-# bench's predict_end_to_end_ratio already shows the overlap); PYTHON runs the
-# preprocessing and ahead scripts (default python3).
+# bench's predict_end_to_end_ratio already shows the overlap; "vision" adds
+# scripts/time_vision_attention.py on PRESET at batch 8, 32 and 64: the vision tower's
+# attention with a batch's images in one call against transformers' call per image, not yet
+# timed on a GPU; 3 repeats of each, plus building the model); PYTHON runs the
+# preprocessing, ahead and vision scripts (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring
 # the wheels and the sample dataset that `scripts/gpu_bundle.sh` builds here; its header has
@@ -61,6 +64,7 @@ if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.to
 [ -f "$sample/dataset.json" ] || step sample 0 5 $emovlm data sample "$sample"
 step preprocessing 0 3 "${PYTHON:-python3}" scripts/time_preprocessing.py bench 8,32,64
 step ahead 0 3 "${PYTHON:-python3}" scripts/time_predict_ahead.py "$preset" 32 128 "$(command -v nvidia-smi > /dev/null && echo cuda || echo cpu)"
+step vision 0 6 "${PYTHON:-python3}" scripts/time_vision_attention.py "$preset" 8,32,64 3 "$(command -v nvidia-smi > /dev/null && echo cuda || echo cpu)"
 # The server part needs fastapi and uvicorn (the serve extra); without them the bench runs without it.
 serve=--serve
 "${PYTHON:-python3}" -c "import fastapi, uvicorn" 2> /dev/null || { serve=; echo "no fastapi/uvicorn here: bench runs without --serve"; }
