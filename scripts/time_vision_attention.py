@@ -20,16 +20,9 @@ ours = [block.attn.forward for block in blocks]
 theirs = [functools.partial(type(block.attn).forward, block.attn) for block in blocks]
 
 
-def synchronized(function):
-    def run(*args):
-        function(*args)
-        if models.device.type == "cuda":
-            torch.cuda.synchronize(models.device)
-    return run
-
-
 def way(forwards, part):
-    @synchronized
+    """One batch through `part` with `forwards` as the blocks' attention (`paired_ratio`
+    times it with the GPU's queued work included)."""
     def run(batch):
         for block, forward in zip(blocks, forwards):
             block.attn.forward = forward
