@@ -212,7 +212,8 @@ def test_qwen_patch_embedding_is_one_matrix_product(family, tiny_adapter, monkey
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_qwen_vision_attention_takes_images_of_one_size_in_one_call(family, tiny_adapter, monkeypatch):
+def test_qwen_vision_attention_makes_one_call_per_run_of_one_length(family, tiny_adapter, monkeypatch):
+    # One call per block for a run of consecutive images (2.5: windows) of one length.
     adapter = tiny_adapter if family == tiny_adapter.family else load_vlm(offline_preset_for(family), seed=0)
     blocks = adapter.model.model.visual.blocks
     calls = []  # the batch size of each attention call
@@ -236,10 +237,11 @@ def test_qwen_vision_attention_takes_images_of_one_size_in_one_call(family, tiny
     for block in blocks:  # transformers' own forward: one call per image (per window in 2.5)
         monkeypatch.setattr(block.attn, "forward", functools.partial(type(block.attn).forward, block.attn))
     theirs, theirs_calls = tokens(one_size)
-    mixed_theirs, _ = tokens(two_sizes)
+    mixed_theirs, mixed_theirs_calls = tokens(two_sizes)
     assert len(ours_calls) == len(blocks) < len(theirs_calls)
     assert sum(ours_calls) == sum(theirs_calls)  # the same images (or windows), all at once
-    assert len(mixed_calls) > len(blocks)  # several lengths: transformers' way
+    assert len(blocks) < len(mixed_calls) < len(mixed_theirs_calls)  # a run of two, then one
+    assert sum(mixed_calls) == sum(mixed_theirs_calls)
     for got, expected in ((ours, theirs), (mixed, mixed_theirs)):
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-6), family
 

@@ -8,6 +8,7 @@ features in 3) and in the text model's config.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,17 +32,16 @@ def _patch_convolution_as_matmul(convolution: torch.nn.Conv3d, patches: torch.Te
     return F.linear(patches.flatten(1), weight, convolution.bias)[..., None, None, None]
 
 
-def _vision_attention_images_at_once(attention: torch.nn.Module, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
-                                     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                                     max_seqlen: int | None = None, **kwargs) -> torch.Tensor:
-    """The Qwen vision towers' attention with the images of a batch in one attention call
-    when they are all of one length, as a `bench` batch or a folder of one camera is.
-    transformers runs one call per image outside flash attention: 32 blocks x 32 images
-    made 1,024 calls, each with its own split and copy, in one 7B batch on an H200. The
-    projections and the rotary embedding are theirs, unchanged; images of several lengths,
-    and attention other than torch's sdpa, go to transformers' own forward."""
-    lengths = cu_seqlens.diff().tolist()
-    if len(set(lengths)) != 1 or len(lengths) < 2 or attention.config._attn_implementation != "sdpa":
+def _vision_attention_by_length(attention: torch.nn.Module, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                max_seqlen: int | None = None, **kwargs) -> torch.Tensor:
+    """The Qwen vision towers' attention with one call for each run of consecutive images
+    (Qwen2.5-VL: windows) of one length, batched over them: a whole `bench` batch, or a
+    folder from one camera, in one call. transformers makes one call per image outside
+    flash attention: 32 blocks x 32 images made 1,024 calls, each with its own split and
+    copy, in one 7B batch on an H200. The projections and the rotary embedding are
+    transformers' own; attention other than torch's sdpa goes to transformers' forward."""
+    if attention.config._attn_implementation != "sdpa":
         return type(attention).forward(attention, hidden_states, cu_seqlens=cu_seqlens,
                                        position_embeddings=position_embeddings, max_seqlen=max_seqlen, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -50,13 +50,20 @@ def _vision_attention_images_at_once(attention: torch.nn.Module, hidden_states: 
     tokens, heads = hidden_states.shape[0], attention.num_heads
     query, key, value = attention.qkv(hidden_states).reshape(tokens, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
     query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
-    # [images, heads, tokens of an image, head width]
-    query, key, value = (state.reshape(len(lengths), lengths[0], heads, -1).transpose(1, 2)
-                         for state in (query, key, value))
-    output, _ = sdpa_attention_forward(attention, query, key, value, attention_mask=None, scaling=attention.scaling,
-                                       dropout=attention.attention_dropout if attention.training else 0.0,
-                                       is_causal=False, **kwargs)
-    return attention.proj(output.reshape(tokens, -1))
+    outputs, start = [], 0
+    for length, run in itertools.groupby(cu_seqlens.diff().tolist()):
+        count = len(list(run))
+        if length == 0:  # an empty window holds no tokens
+            continue
+        end = start + count * length
+        # [images of this run, heads, length, head width]
+        states = [state[start:end].reshape(count, length, heads, -1).transpose(1, 2) for state in (query, key, value)]
+        output, _ = sdpa_attention_forward(attention, *states, attention_mask=None, scaling=attention.scaling,
+                                           dropout=attention.attention_dropout if attention.training else 0.0,
+                                           is_causal=False, **kwargs)
+        outputs.append(output.reshape(end - start, -1))
+        start = end
+    return attention.proj(torch.cat(outputs))
 
 
 @functools.cache
@@ -146,7 +153,7 @@ class Qwen2VLAdapter(VLMAdapter):
         convolution = model.model.visual.patch_embed.proj
         convolution.forward = functools.partial(_patch_convolution_as_matmul, convolution)
         for block in model.model.visual.blocks:
-            block.attn.forward = functools.partial(_vision_attention_images_at_once, block.attn)
+            block.attn.forward = functools.partial(_vision_attention_by_length, block.attn)
 
     @classmethod
     def tiny_config(cls, **overrides):
