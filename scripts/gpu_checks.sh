@@ -23,8 +23,8 @@
 # images and building the model, not yet timed at 7B; 34 s on `tiny` on 2 CPU cores;
 # bench's predict_end_to_end_ratio already shows the overlap; "vision" adds
 # scripts/time_vision_attention.py on PRESET at batch 8, 32 and 64: the vision tower's
-# attention with a batch's images in one call against transformers' call per image, not yet
-# timed on a GPU; 3 repeats of each, plus building the model); PYTHON runs the
+# attention with a batch's images of one size in one call against transformers' call per
+# image, not yet timed on a GPU; 3 repeats of each, plus building the model); PYTHON runs the
 # preprocessing, ahead and vision scripts (default python3).
 #
 # On a GPU machine with no network and an older transformers (an H200 image had 5.17), bring

@@ -1,5 +1,6 @@
-"""The Qwen vision towers' attention with a batch's images of one size in one call (ours)
-against transformers' one call per image, on PRESET's bench images: the vision tower alone
+"""The Qwen vision towers' attention with one call per run of images of one length (ours)
+against transformers' one call per image, on PRESET's bench images (all of one size, so one
+call per block against one per image): the vision tower alone
 and the whole prediction, timed in alternating pairs (`paired_ratio`), REPEATS times per
 batch size. Above 1: transformers' way is slower.
 
