@@ -244,6 +244,11 @@ def test_qwen_vision_attention_makes_one_call_per_run_of_one_length(family, tiny
     assert sum(mixed_calls) == sum(mixed_theirs_calls)
     for got, expected in ((ours, theirs), (mixed, mixed_theirs)):
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-6), family
+    monkeypatch.undo()  # ours again, under eager attention: transformers' forward, no sdpa call
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    monkeypatch.setattr(blocks[0].attn.config, "_attn_implementation", "eager")
+    eager, eager_calls = tokens(one_size)
+    assert eager_calls == [] and torch.allclose(eager, theirs, atol=1e-5), family
 
 
 def test_the_prompt_length_depends_on_the_image_size_alone(adapter):
