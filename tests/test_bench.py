@@ -24,7 +24,13 @@ def test_bench_writes_every_figure_and_target(tmp_path, capsys):
     for key in (*(set(TARGETS) - {"serve_ratio"}), "memory_ratio_vs_dual", "head_gate_param_overhead_pct"):
         assert result[key] > 0, key
         assert key in stdout
-    assert result["images_per_second_best"] > 0
+    # The sweep's times are one measurement, so the best batch size is the least of them;
+    # the pairings' own times of ours are kept apart from them.
+    seconds = result["seconds_per_image"]
+    sweep = {size: seconds[f"ours_batch{size}"] for size in (1, 2)}
+    assert result["best_batch_size"] == min(sweep, key=sweep.get)
+    assert result["images_per_second_best"] == pytest.approx(1 / sweep[result["best_batch_size"]])
+    assert {"paired_ours_batch1", f"paired_ours_batch{result['best_batch_size']}"} <= set(seconds)
     assert "seconds per image (ours)" in stdout and "ratio per repeat" in stdout
     # The parts behind --profile and --serve did not run, and their figures are not checked.
     assert "profile" not in result and "serve_ratio" not in result
