@@ -12,9 +12,13 @@ import torch
 from emovlm_kd.apps.bench.config import BenchConfig
 from emovlm_kd.apps.bench.figures import Models, bench_images, inference_figures
 
-torch.set_num_threads(int(sys.argv[1]))
+arguments = sys.argv[1:]
+if not (1 <= len(arguments) <= 2 and arguments[0].isdigit() and int(arguments[0]) > 0
+        and arguments[1:] in ([], ["float32"], ["bfloat16"])):
+    sys.exit("usage: python scripts/bench_inference.py THREADS [float32|bfloat16], THREADS a whole number such as 1.")
+torch.set_num_threads(int(arguments[0]))
 config = BenchConfig()
-dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float32
+dtype = getattr(torch, arguments[1]) if len(arguments) > 1 else torch.float32
 models = Models(config.preset, seed=config.seed, dtype=dtype)
 figures = inference_figures(models, bench_images(config.images, config.seed), config)
 print(f"{torch.get_num_threads()} threads, {dtype}:", json.dumps(figures, indent=1))
